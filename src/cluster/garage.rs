@@ -1,0 +1,414 @@
+//! The built-in Garage flavor: per-node `garage.toml`, bootstrap through
+//! Garage's own CLI, and the health conditions of the recovery gate.
+//!
+//! The facts this relies on (measured on these hosts) are collected in
+//! `shared/design/garage.md`: `GetClusterHealth` is one node's view, so every
+//! node is asked; the block resync queue may stay non-empty by design, so
+//! the gate looks at errored blocks instead; keys and buckets reach each
+//! node's S3 endpoint lazily, so boot probes every endpoint.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::profile::{GarageSection, Profile};
+use super::{
+    ClusterError, Ctx, Node, S3Target, Secrets, Unmet, allocate_ports, io_err, write_file,
+};
+
+/// Port names of a Garage node, in `port_base` offset order.
+const PORTS: [&str; 3] = ["s3", "rpc", "admin"];
+
+/// Metrics that must read 0 on every node for the gate to pass.
+const ZERO_METRICS: [(&str, &str); 2] = [
+    ("block_resync_errored_blocks", "errored resync blocks"),
+    (
+        "table_merkle_updater_todo_queue_length",
+        "table sync (merkle updater) backlog",
+    ),
+];
+
+pub struct Garage {
+    bin: PathBuf,
+    secrets: Secrets,
+    settings: GarageSection,
+    /// `hex@addr` of every node that has been started, by node name.
+    node_ids: BTreeMap<String, String>,
+    layout_version: u64,
+}
+
+impl Garage {
+    /// Chooses ports and renders every node's configuration (spares too).
+    pub fn prepare(
+        profile: &Profile,
+        ctx: &Ctx,
+        bin: Option<PathBuf>,
+        secrets: Secrets,
+    ) -> Result<(Vec<Node>, Garage), ClusterError> {
+        let settings = profile
+            .garage
+            .clone()
+            .expect("a validated garage profile has a [garage] table");
+        let bin = bin.expect("a garage profile always resolves a binary");
+        let total = settings.nodes + settings.spares;
+        let wanted: Vec<(String, Vec<String>)> = (1..=total)
+            .map(|i| {
+                (
+                    format!("n{i}"),
+                    PORTS.iter().map(|p| p.to_string()).collect(),
+                )
+            })
+            .collect();
+        let ports = allocate_ports(profile.port_base, &wanted)?;
+        let mut nodes = Vec::new();
+        for (i, ((name, _), ports)) in wanted.into_iter().zip(ports).enumerate() {
+            let dir = ctx.run_dir.join("nodes").join(&name);
+            let meta = dir.join("meta");
+            let data = dir.join("data");
+            for d in [&meta, &data] {
+                std::fs::create_dir_all(d).map_err(io_err(d))?;
+            }
+            let config = dir.join("garage.toml");
+            write_file(
+                &config,
+                &render_config(&settings, &secrets, &profile.s3.region, &dir, &ports),
+            )?;
+            nodes.push(Node {
+                name,
+                role: "storage".into(),
+                spare: i as u32 >= settings.nodes,
+                log: dir.join("node.log"),
+                program: bin.clone(),
+                args: vec!["-c".into(), config.display().to_string(), "server".into()],
+                env: vec![("RUST_LOG".into(), settings.log_filter.clone())],
+                s3_endpoint: Some(format!("http://127.0.0.1:{}", ports["s3"])),
+                ports,
+                data_dirs: vec![meta, data],
+                dir,
+                pid: None,
+                starts: 0,
+            });
+        }
+        let garage = Garage {
+            bin,
+            secrets,
+            settings,
+            node_ids: BTreeMap::new(),
+            layout_version: 0,
+        };
+        Ok((nodes, garage))
+    }
+
+    fn cli(&self, node: &Node, args: &[&str]) -> Vec<String> {
+        let mut argv = vec![
+            self.bin.display().to_string(),
+            "-c".into(),
+            node.dir.join("garage.toml").display().to_string(),
+        ];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        argv
+    }
+
+    /// Connects the started nodes, applies the first layout, and creates
+    /// the access key and the bucket.
+    pub async fn bootstrap(
+        &mut self,
+        ctx: &Ctx,
+        nodes: &[Node],
+        s3: &S3Target,
+    ) -> Result<(), ClusterError> {
+        let active: Vec<&Node> = nodes.iter().filter(|n| !n.spare).collect();
+        let first = active[0];
+        for node in &active {
+            let out = ctx
+                .retry_command(
+                    node,
+                    "garage node id",
+                    &self.cli(node, &["node", "id", "-q"]),
+                )
+                .await?;
+            let id = out
+                .output
+                .lines()
+                .map(str::trim)
+                .find(|l| l.contains('@'))
+                .ok_or_else(|| ClusterError::Step {
+                    node: node.name.clone(),
+                    step: "garage node id".into(),
+                    detail: format!("no `id@addr` in output: {}", out.output.trim()),
+                    log: node.log.display().to_string(),
+                })?;
+            self.node_ids.insert(node.name.clone(), id.to_string());
+        }
+        for node in active.iter().skip(1) {
+            let id = self.node_ids[&node.name].clone();
+            ctx.retry_command(
+                node,
+                "garage node connect",
+                &self.cli(first, &["node", "connect", &id]),
+            )
+            .await?;
+        }
+        for node in &active {
+            let hex_id = self.node_ids[&node.name]
+                .split('@')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            // One zone per node: replicas spread over as many nodes as can be.
+            let args = [
+                "layout",
+                "assign",
+                "-z",
+                &node.name,
+                "-c",
+                &self.settings.capacity,
+                &hex_id,
+            ];
+            ctx.retry_command(node, "garage layout assign", &self.cli(first, &args))
+                .await?;
+        }
+        self.apply_layout(ctx, first).await?;
+        let key = &s3.access_key_id;
+        let key_args = [
+            "key",
+            "import",
+            "--yes",
+            "-n",
+            "faultline",
+            key,
+            &s3.secret_access_key,
+        ];
+        ctx.retry_command(first, "garage key import", &self.cli(first, &key_args))
+            .await?;
+        ctx.retry_command(
+            first,
+            "garage bucket create",
+            &self.cli(first, &["bucket", "create", &s3.bucket]),
+        )
+        .await?;
+        let allow = [
+            "bucket", "allow", "--read", "--write", "--owner", &s3.bucket, "--key", key,
+        ];
+        ctx.retry_command(first, "garage bucket allow", &self.cli(first, &allow))
+            .await?;
+        Ok(())
+    }
+
+    /// Applies the staged layout as the next version (exactly current + 1).
+    async fn apply_layout(&mut self, ctx: &Ctx, via: &Node) -> Result<(), ClusterError> {
+        let next = (self.layout_version + 1).to_string();
+        // Not retried: a retry after an apply that took effect would ask for
+        // a version that no longer follows the current one.
+        let out = ctx
+            .run_command(
+                "garage layout apply",
+                &self.cli(via, &["layout", "apply", "--version", &next]),
+                &[],
+            )
+            .await?;
+        if !out.success {
+            return Err(ClusterError::Step {
+                node: via.name.clone(),
+                step: format!("garage layout apply --version {next}"),
+                detail: format!("{}: {}", out.status, out.output.trim()),
+                log: via.log.display().to_string(),
+            });
+        }
+        self.layout_version += 1;
+        Ok(())
+    }
+
+    /// Garage's gate conditions for the nodes whose process runs.
+    pub async fn gate(&self, ctx: &Ctx, up: &[&Node]) -> Vec<Unmet> {
+        let checks = up.iter().map(|node| self.gate_node(ctx, node));
+        futures::future::join_all(checks)
+            .await
+            .into_iter()
+            .flatten()
+            .collect()
+    }
+
+    async fn gate_node(&self, ctx: &Ctx, node: &Node) -> Vec<Unmet> {
+        let admin = format!("http://127.0.0.1:{}", node.ports["admin"]);
+        let mut unmet = Vec::new();
+        let health = async {
+            let resp = ctx
+                .http
+                .get(format!("{admin}/v2/GetClusterHealth"))
+                .bearer_auth(&self.secrets.admin_token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}: {}", text.trim()));
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| format!("bad JSON ({e}): {text}"))?;
+            match v["status"].as_str() {
+                Some("healthy") => Ok(()),
+                Some(other) => Err(format!(
+                    "\"{other}\" (connected nodes {}, storage nodes up {}/{}, partitions all ok {}/{})",
+                    v["connectedNodes"],
+                    v["storageNodesUp"],
+                    v["storageNodes"],
+                    v["partitionsAllOk"],
+                    v["partitions"]
+                )),
+                None => Err(format!("no status in {text}")),
+            }
+        };
+        let metrics = async {
+            let resp = ctx
+                .http
+                .get(format!("{admin}/metrics"))
+                .bearer_auth(&self.secrets.metrics_token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = resp.status();
+            let text = resp.text().await.map_err(|e| e.to_string())?;
+            if !status.is_success() {
+                return Err(format!("HTTP {status}"));
+            }
+            Ok(text)
+        };
+        let (health, metrics) = tokio::join!(health, metrics);
+        if let Err(detail) = health {
+            unmet.push(Unmet::node(node, "GetClusterHealth", detail));
+        }
+        match metrics {
+            Err(detail) => unmet.push(Unmet::node(node, "metrics", detail)),
+            Ok(text) => {
+                for (metric, what) in ZERO_METRICS {
+                    match metric_sum(&text, metric) {
+                        Some(0.0) => {}
+                        Some(v) => unmet.push(Unmet::node(node, what, format!("{metric} = {v}"))),
+                        None => {
+                            unmet.push(Unmet::node(node, what, format!("{metric} not reported")))
+                        }
+                    }
+                }
+            }
+        }
+        unmet
+    }
+}
+
+/// Renders one node's `garage.toml`.
+fn render_config(
+    g: &GarageSection,
+    secrets: &Secrets,
+    region: &str,
+    dir: &std::path::Path,
+    ports: &BTreeMap<String, u16>,
+) -> String {
+    format!(
+        r#"# Rendered by faultline for this run; edits are overwritten on the next run.
+metadata_dir = "{dir}/meta"
+data_dir = "{dir}/data"
+db_engine = "{db}"
+replication_factor = {rf}
+consistency_mode = "{cm}"
+block_size = {bs}
+metadata_fsync = {mf}
+data_fsync = {df}
+rpc_bind_addr = "127.0.0.1:{rpc}"
+rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_secret = "{secret}"
+
+[s3_api]
+api_bind_addr = "127.0.0.1:{s3}"
+s3_region = "{region}"
+
+[admin]
+api_bind_addr = "127.0.0.1:{admin}"
+admin_token = "{admin_token}"
+metrics_token = "{metrics_token}"
+"#,
+        dir = dir.display(),
+        db = g.db_engine.as_str(),
+        rf = g.replication_factor,
+        cm = g.consistency_mode.as_str(),
+        bs = g.block_size,
+        mf = g.metadata_fsync,
+        df = g.data_fsync,
+        rpc = ports["rpc"],
+        s3 = ports["s3"],
+        admin = ports["admin"],
+        secret = secrets.rpc_secret,
+        admin_token = secrets.admin_token,
+        metrics_token = secrets.metrics_token,
+    )
+}
+
+/// Sums every sample of `name` in a Prometheus text exposition; `None` if
+/// the metric does not appear.
+pub fn metric_sum(text: &str, name: &str) -> Option<f64> {
+    let mut sum = None;
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some(rest) = line.strip_prefix(name) else {
+            continue;
+        };
+        if !(rest.starts_with('{') || rest.starts_with(' ')) {
+            continue; // a longer metric name sharing this prefix
+        }
+        let value = rest.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+        if let Some(v) = value {
+            *sum.get_or_insert(0.0) += v;
+        }
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_sum_adds_label_sets_and_ignores_longer_names() {
+        let text = "# HELP x\nblock_resync_errored_blocks 2\nblock_resync_errored_blocks_total 9\n\
+                    table_merkle_updater_todo_queue_length{table_name=\"a\"} 1\n\
+                    table_merkle_updater_todo_queue_length{table_name=\"b\"} 3\n";
+        assert_eq!(metric_sum(text, "block_resync_errored_blocks"), Some(2.0));
+        assert_eq!(
+            metric_sum(text, "table_merkle_updater_todo_queue_length"),
+            Some(4.0)
+        );
+        assert_eq!(metric_sum(text, "cluster_healthy"), None);
+    }
+
+    #[test]
+    fn config_has_the_node_ports_and_shared_secret() {
+        let profile = Profile::parse(
+            std::path::Path::new("t.toml"),
+            "name = \"g\"\nkind = \"garage\"\n[garage]\nversion = \"2.5.0\"\nnodes = 3\nreplication_factor = 3\n",
+        )
+        .unwrap();
+        let ports = BTreeMap::from([("s3".into(), 1), ("rpc".into(), 2), ("admin".into(), 3)]);
+        let secrets = Secrets::from_seed(1);
+        let text = render_config(
+            profile.garage.as_ref().unwrap(),
+            &secrets,
+            "garage",
+            std::path::Path::new("/r/n1"),
+            &ports,
+        );
+        let parsed: toml::Table = toml::from_str(&text).unwrap();
+        assert_eq!(parsed["rpc_bind_addr"].as_str(), Some("127.0.0.1:2"));
+        assert_eq!(
+            parsed["s3_api"]["api_bind_addr"].as_str(),
+            Some("127.0.0.1:1")
+        );
+        assert_eq!(
+            parsed["rpc_secret"].as_str(),
+            Some(secrets.rpc_secret.as_str())
+        );
+        assert_eq!(parsed["consistency_mode"].as_str(), Some("consistent"));
+        assert_eq!(parsed["db_engine"].as_str(), Some("sqlite"));
+    }
+}

@@ -1,0 +1,1206 @@
+//! Boots, supervises, gates and tears down a real local cluster.
+//!
+//! A [`Cluster`] is built from a profile: it creates the run directory,
+//! chooses ports, renders every node's configuration (spares included),
+//! starts the nodes under the [`supervisor`], runs the flavor's bootstrap
+//! (Garage's own, or a generic profile's hooks) and probes S3 through every
+//! endpoint before declaring itself ready. Afterwards it offers the node
+//! operations faults are made of (kill, pause, resume, restart, restart on
+//! another binary, wipe) and the recovery gate, [`Cluster::wait_recovered`].
+//!
+//! Everything the runner runs against the cluster is appended to
+//! `commands.log` in the run directory, with its arguments, exit status and
+//! output (secrets redacted).
+
+pub mod garage;
+pub mod generic;
+pub mod profile;
+pub mod provision;
+pub mod supervisor;
+pub mod template;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::net::{IpAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha20Rng;
+use serde::Serialize;
+
+use crate::s3::{S3Client, S3Config, S3Error, Timeouts as S3Timeouts};
+use profile::{Kind, PortBase, Profile, ProfileError};
+use supervisor::{ProcState, SpawnSpec, Supervisor, SupervisorError, describe_exit};
+
+/// Every child's environment carries the run directory under this name, so
+/// tests (and users) can find a run's processes without matching by name.
+pub const RUN_DIR_ENV: &str = "FAULTLINE_RUN_DIR";
+
+/// The object every S3 probe writes, outside any workload prefix.
+const PROBE_PREFIX: &str = "faultline-probe/";
+
+/// Pause between attempts of a step that is retried until its deadline.
+pub(crate) const RETRY_INTERVAL_MS: u64 = 300;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// A bad flag, a missing binary, an endpoint that is not allowed.
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "port {port} ({purpose} of node {node}) is already in use; choose another port_base or use port_base = \"auto\""
+    )]
+    PortInUse {
+        port: u16,
+        node: String,
+        purpose: String,
+    },
+    #[error(transparent)]
+    Template(#[from] template::TemplateError),
+    #[error(transparent)]
+    Provision(#[from] provision::ProvisionError),
+    /// A boot step missed its deadline or failed.
+    #[error("{step} failed on node {node}: {detail} (log: {log})")]
+    Step {
+        node: String,
+        step: String,
+        detail: String,
+        log: String,
+    },
+    #[error(transparent)]
+    NotRecovered(#[from] GateFailure),
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+    move |source| ClusterError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the command line adds to a profile.
+#[derive(Debug, Clone)]
+pub struct BootOptions {
+    pub profile: PathBuf,
+    pub runs_dir: PathBuf,
+    pub seed: u64,
+    pub cache_dir: PathBuf,
+    /// Use this binary instead of installing the profile's version.
+    pub binary_override: Option<PathBuf>,
+    /// Send the workload here instead of to the nodes' own endpoints.
+    pub s3_endpoints: Vec<String>,
+    pub allow_remote: bool,
+    pub port_base: Option<u16>,
+}
+
+/// One process of the cluster, started or not.
+#[derive(Debug, Clone, Serialize)]
+pub struct Node {
+    pub name: String,
+    pub role: String,
+    /// A spare is configured but started only to replace a dead node.
+    pub spare: bool,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    #[serde(skip)]
+    pub env: Vec<(String, String)>,
+    pub ports: BTreeMap<String, u16>,
+    /// This node's own S3 endpoint, if it serves S3.
+    pub s3_endpoint: Option<String>,
+    /// Directories `wipe` empties (data and metadata).
+    pub data_dirs: Vec<PathBuf>,
+    pub pid: Option<u32>,
+    pub starts: u32,
+}
+
+/// Options every caller of the S3 probes and the gate share.
+pub struct Ctx {
+    pub run_dir: PathBuf,
+    pub profile_dir: PathBuf,
+    pub sup: Supervisor,
+    pub http: reqwest::Client,
+    pub timeouts: profile::Timeouts,
+    cmdlog: CommandLog,
+}
+
+/// The S3 side of a booted cluster: what a workload needs.
+#[derive(Debug, Clone, Serialize)]
+pub struct S3Target {
+    /// The nodes' own endpoints (probed by the gate).
+    pub node_endpoints: Vec<String>,
+    /// Where the workload goes: the overrides, else the nodes' endpoints.
+    pub endpoints: Vec<String>,
+    pub region: String,
+    pub bucket: String,
+    pub access_key_id: String,
+    #[serde(skip)]
+    pub secret_access_key: String,
+}
+
+impl S3Target {
+    pub fn client(&self, endpoint: &str, timeouts: S3Timeouts) -> S3Client {
+        S3Client::new(
+            S3Config {
+                endpoint: endpoint.to_string(),
+                region: self.region.clone(),
+                bucket: self.bucket.clone(),
+                access_key_id: self.access_key_id.clone(),
+                secret_access_key: self.secret_access_key.clone(),
+            },
+            timeouts,
+        )
+    }
+}
+
+enum Flavor {
+    Garage(garage::Garage),
+    Generic(generic::Generic),
+}
+
+pub struct Cluster {
+    pub profile: Profile,
+    pub seed: u64,
+    pub nodes: Vec<Node>,
+    pub s3: S3Target,
+    ctx: Ctx,
+    flavor: Flavor,
+    booted_in: Duration,
+}
+
+/// Secrets for one run, derived from the seed so a run can be re-created.
+#[derive(Clone)]
+pub struct Secrets {
+    pub rpc_secret: String,
+    pub admin_token: String,
+    pub metrics_token: String,
+    pub access_key_id: String,
+    pub secret_access_key: String,
+}
+
+impl Secrets {
+    pub fn from_seed(seed: u64) -> Secrets {
+        // A named sub-stream: nothing else draws from this one.
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        rng.set_stream(0x5ec2e75);
+        let mut hex = |n: usize| {
+            let bytes: Vec<u8> = (0..n).map(|_| rng.random()).collect();
+            hex::encode(bytes)
+        };
+        Secrets {
+            rpc_secret: hex(32),
+            admin_token: hex(16),
+            metrics_token: hex(16),
+            access_key_id: format!("GK{}", hex(12)),
+            secret_access_key: hex(32),
+        }
+    }
+}
+
+impl Cluster {
+    /// Boots the cluster a profile describes and waits until it is ready.
+    /// On failure every process already started is killed before returning.
+    pub async fn boot(opts: &BootOptions) -> Result<Cluster, ClusterError> {
+        let started = Instant::now();
+        let mut profile = Profile::load(&opts.profile)?;
+        if let Some(base) = opts.port_base {
+            profile.port_base = PortBase::Fixed(base);
+        }
+        check_endpoints(&opts.s3_endpoints, opts.allow_remote)?;
+        let profile_dir = opts
+            .profile
+            .canonicalize()
+            .map_err(io_err(&opts.profile))?
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let binary = resolve_binary(&profile, opts).await?;
+        let run_dir = create_run_dir(&opts.runs_dir, opts.seed)?;
+        let resolved =
+            toml::to_string_pretty(&profile).map_err(|e| ClusterError::Config(e.to_string()))?;
+        write_file(&run_dir.join("profile.toml"), &resolved)?;
+        let secrets = Secrets::from_seed(opts.seed);
+        let access_key_id = profile
+            .s3
+            .access_key_id
+            .clone()
+            .unwrap_or(secrets.access_key_id.clone());
+        let secret_access_key = profile
+            .s3
+            .secret_access_key
+            .clone()
+            .unwrap_or(secrets.secret_access_key.clone());
+        write_credentials(
+            &run_dir.join("credentials"),
+            &access_key_id,
+            &secret_access_key,
+        )?;
+        let cmdlog = CommandLog::create(
+            &run_dir,
+            vec![secret_access_key.clone(), secrets.rpc_secret.clone()],
+        )?;
+        let ctx = Ctx {
+            run_dir: run_dir.clone(),
+            profile_dir,
+            sup: Supervisor::start().map_err(io_err(&run_dir))?,
+            http: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(2))
+                .timeout(Duration::from_secs(3))
+                .pool_max_idle_per_host(0)
+                .no_proxy()
+                .build()
+                .expect("reqwest client without TLS always builds"),
+            timeouts: profile.timeouts.clone(),
+            cmdlog,
+        };
+        let (nodes, flavor, node_endpoints) = match profile.kind {
+            Kind::Garage => {
+                let (nodes, g) = garage::Garage::prepare(&profile, &ctx, binary, secrets)?;
+                let eps = nodes
+                    .iter()
+                    .filter(|n| !n.spare)
+                    .filter_map(|n| n.s3_endpoint.clone())
+                    .collect();
+                (nodes, Flavor::Garage(g), eps)
+            }
+            Kind::Generic => {
+                let (nodes, g, eps) = generic::Generic::prepare(
+                    &profile,
+                    &ctx,
+                    binary,
+                    &secrets,
+                    &access_key_id,
+                    &secret_access_key,
+                )?;
+                (nodes, Flavor::Generic(g), eps)
+            }
+        };
+        let endpoints = if opts.s3_endpoints.is_empty() {
+            node_endpoints.clone()
+        } else {
+            opts.s3_endpoints.clone()
+        };
+        let s3 = S3Target {
+            node_endpoints,
+            endpoints,
+            region: profile.s3.region.clone(),
+            bucket: profile.s3.bucket.clone(),
+            access_key_id,
+            secret_access_key,
+        };
+        let mut cluster = Cluster {
+            profile,
+            seed: opts.seed,
+            nodes,
+            s3,
+            ctx,
+            flavor,
+            booted_in: Duration::ZERO,
+        };
+        // On error, dropping `cluster` drops the supervisor, which kills
+        // every process started so far.
+        cluster.start_initial_nodes().await?;
+        match &mut cluster.flavor {
+            Flavor::Garage(g) => {
+                g.bootstrap(&cluster.ctx, &cluster.nodes, &cluster.s3)
+                    .await?
+            }
+            Flavor::Generic(g) => g.bootstrap(&cluster.ctx, &cluster.nodes).await?,
+        }
+        let all: Vec<String> = cluster
+            .s3
+            .node_endpoints
+            .iter()
+            .chain(&cluster.s3.endpoints)
+            .cloned()
+            .collect();
+        for endpoint in dedup(all) {
+            cluster.probe_until_ready(&endpoint).await?;
+        }
+        cluster.booted_in = started.elapsed();
+        cluster.write_state()?;
+        tracing::info!(
+            took_ms = cluster.booted_in.as_millis() as u64,
+            "cluster ready"
+        );
+        Ok(cluster)
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.ctx.run_dir
+    }
+
+    pub fn booted_in(&self) -> Duration {
+        self.booted_in
+    }
+
+    pub fn commands_log(&self) -> PathBuf {
+        self.ctx.cmdlog.path.clone()
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+
+    fn node_index(&self, name: &str) -> Result<usize, ClusterError> {
+        self.nodes
+            .iter()
+            .position(|n| n.name == name)
+            .ok_or_else(|| ClusterError::Config(format!("no node named {name}")))
+    }
+
+    /// PIDs of every process the cluster has started that may still run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.pid).collect()
+    }
+
+    /// Process state of a node; `None` if it was never started.
+    pub async fn node_state(&self, name: &str) -> Result<Option<ProcState>, ClusterError> {
+        let i = self.node_index(name)?;
+        match self.nodes[i].pid {
+            Some(pid) => Ok(Some(self.ctx.sup.state(pid).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn start_initial_nodes(&mut self) -> Result<(), ClusterError> {
+        let names: Vec<String> = self
+            .nodes
+            .iter()
+            .filter(|n| !n.spare)
+            .map(|n| n.name.clone())
+            .collect();
+        for name in names {
+            self.start_node(&name).await?;
+        }
+        self.write_state()
+    }
+
+    /// Starts a node that is not running, on its current binary and data.
+    pub async fn start_node(&mut self, name: &str) -> Result<u32, ClusterError> {
+        let i = self.node_index(name)?;
+        if let Some(pid) = self.nodes[i].pid
+            && !matches!(self.ctx.sup.state(pid).await?, ProcState::Exited(_))
+        {
+            return Err(ClusterError::Config(format!(
+                "node {name} is already running (pid {pid})"
+            )));
+        }
+        let node = &mut self.nodes[i];
+        node.starts += 1;
+        let mut log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(io_err(&node.log))?;
+        let _ = writeln!(
+            log,
+            "=== faultline: start #{} of {} at {} ===",
+            node.starts,
+            node.name,
+            utc_now()
+        );
+        let mut env = node.env.clone();
+        env.push((RUN_DIR_ENV.into(), self.ctx.run_dir.display().to_string()));
+        let pid = self
+            .ctx
+            .sup
+            .spawn(SpawnSpec {
+                program: node.program.clone(),
+                args: node.args.clone(),
+                env,
+                cwd: Some(node.dir.clone()),
+                log: Some(node.log.clone()),
+                label: format!("node {}", node.name),
+            })
+            .await?;
+        node.pid = Some(pid);
+        tracing::info!(node = %node.name, pid, "node started");
+        self.write_state()?;
+        Ok(pid)
+    }
+
+    fn live_pid(&self, name: &str) -> Result<u32, ClusterError> {
+        let i = self.node_index(name)?;
+        self.nodes[i]
+            .pid
+            .ok_or_else(|| ClusterError::Config(format!("node {name} was never started")))
+    }
+
+    /// SIGKILLs a node's process group and waits until it has exited.
+    pub async fn kill_node(&mut self, name: &str) -> Result<ProcState, ClusterError> {
+        let pid = self.live_pid(name)?;
+        self.ctx.sup.terminate(pid, Duration::ZERO).await?;
+        tracing::info!(node = name, pid, "node killed");
+        Ok(self.ctx.sup.state(pid).await?)
+    }
+
+    /// Stops a node gracefully: SIGCONT, SIGTERM, grace period, SIGKILL.
+    pub async fn stop_node(&mut self, name: &str) -> Result<ProcState, ClusterError> {
+        let pid = self.live_pid(name)?;
+        let grace = Duration::from_millis(self.ctx.timeouts.grace_period_ms);
+        self.ctx.sup.terminate(pid, grace).await?;
+        tracing::info!(node = name, pid, "node stopped");
+        Ok(self.ctx.sup.state(pid).await?)
+    }
+
+    /// SIGSTOPs a node and confirms the kernel shows it stopped.
+    pub async fn pause_node(&mut self, name: &str) -> Result<(), ClusterError> {
+        self.signal_and_confirm(name, Signal::SIGSTOP, ProcState::Stopped)
+            .await
+    }
+
+    /// SIGCONTs a node and confirms it runs again.
+    pub async fn resume_node(&mut self, name: &str) -> Result<(), ClusterError> {
+        self.signal_and_confirm(name, Signal::SIGCONT, ProcState::Running)
+            .await
+    }
+
+    async fn signal_and_confirm(
+        &mut self,
+        name: &str,
+        sig: Signal,
+        want: ProcState,
+    ) -> Result<(), ClusterError> {
+        let pid = self.live_pid(name)?;
+        self.ctx.sup.signal(pid, sig).await?;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let state = self.ctx.sup.state(pid).await?;
+            if state == want {
+                tracing::info!(node = name, pid, signal = %sig, "signal took effect");
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Step {
+                    node: name.into(),
+                    step: format!("{sig}"),
+                    detail: format!("process {pid} is {state:?}, expected {want:?} within 5 s"),
+                    log: self.nodes[self.node_index(name)?].log.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Graceful stop, then start on the same data and binary.
+    pub async fn restart_node(&mut self, name: &str) -> Result<u32, ClusterError> {
+        self.stop_node(name).await?;
+        self.start_node(name).await
+    }
+
+    /// Graceful stop, then start on another binary (an update).
+    pub async fn restart_node_with(
+        &mut self,
+        name: &str,
+        program: &Path,
+    ) -> Result<u32, ClusterError> {
+        if !provision::is_executable(program) {
+            return Err(ClusterError::Config(format!(
+                "{} is not an executable file",
+                program.display()
+            )));
+        }
+        self.stop_node(name).await?;
+        let i = self.node_index(name)?;
+        self.nodes[i].program = program.to_path_buf();
+        self.start_node(name).await
+    }
+
+    /// Empties a stopped node's data and metadata directories.
+    pub async fn wipe_node(&mut self, name: &str) -> Result<(), ClusterError> {
+        if matches!(
+            self.node_state(name).await?,
+            Some(ProcState::Running | ProcState::Stopped)
+        ) {
+            return Err(ClusterError::Config(format!(
+                "node {name} must be stopped before its data is wiped"
+            )));
+        }
+        let i = self.node_index(name)?;
+        for dir in &self.nodes[i].data_dirs {
+            if dir.exists() {
+                std::fs::remove_dir_all(dir).map_err(io_err(dir))?;
+            }
+            std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        }
+        tracing::info!(node = name, "node data wiped");
+        Ok(())
+    }
+
+    /// Waits until the recovery gate passes or `deadline` runs out.
+    ///
+    /// The gate passes only when every active node runs, the flavor's own
+    /// checks pass (Garage: every node reports `healthy` itself, table sync
+    /// settled, no errored resync blocks; generic: health probes and the
+    /// `recovered` hook), and an S3 write and read succeed through every node
+    /// endpoint. On timeout it names every condition still false.
+    pub async fn wait_recovered(&self, deadline: Duration) -> Result<Recovery, GateFailure> {
+        let started = Instant::now();
+        let mut checks = 0u32;
+        loop {
+            checks += 1;
+            let unmet = self.gate_once().await;
+            if unmet.is_empty() {
+                let took = started.elapsed();
+                tracing::info!(
+                    took_ms = took.as_millis() as u64,
+                    checks,
+                    "recovery gate passed"
+                );
+                return Ok(Recovery { took, checks });
+            }
+            let waited = started.elapsed();
+            if waited >= deadline {
+                let failure = GateFailure { waited, unmet };
+                tracing::warn!(%failure, "recovery gate timed out");
+                return Err(failure);
+            }
+            let pause = Duration::from_secs(1).min(deadline - waited);
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// One evaluation of every gate condition; empty means recovered.
+    pub async fn gate_once(&self) -> Vec<Unmet> {
+        let mut unmet = Vec::new();
+        let mut up = Vec::new();
+        for node in self.nodes.iter().filter(|n| !n.spare) {
+            let state = match node.pid {
+                Some(pid) => self.ctx.sup.state(pid).await.ok(),
+                None => None,
+            };
+            match state {
+                Some(ProcState::Running) => up.push(node),
+                Some(ProcState::Stopped) => {
+                    unmet.push(Unmet::node(node, "process", "stopped (SIGSTOP)".into()))
+                }
+                Some(ProcState::Exited(status)) => unmet.push(Unmet::node(
+                    node,
+                    "process",
+                    format!(
+                        "exited ({}); log {}",
+                        describe_exit(status),
+                        node.log.display()
+                    ),
+                )),
+                None => unmet.push(Unmet::node(node, "process", "not started".into())),
+            }
+        }
+        let flavor_checks = async {
+            match &self.flavor {
+                Flavor::Garage(g) => g.gate(&self.ctx, &up).await,
+                Flavor::Generic(g) => g.gate(&self.ctx, &up).await,
+            }
+        };
+        let probes =
+            futures::future::join_all(self.s3.node_endpoints.iter().map(|ep| async move {
+                match self.probe(ep).await {
+                    Ok(()) => None,
+                    Err(e) => Some(Unmet {
+                        node: self.node_by_endpoint(ep),
+                        condition: "s3 probe".into(),
+                        detail: format!("{ep}: {e}"),
+                    }),
+                }
+            }));
+        let (mut flavor_unmet, probe_unmet) = tokio::join!(flavor_checks, probes);
+        unmet.append(&mut flavor_unmet);
+        unmet.extend(probe_unmet.into_iter().flatten());
+        unmet
+    }
+
+    fn node_by_endpoint(&self, endpoint: &str) -> Option<String> {
+        self.nodes
+            .iter()
+            .find(|n| n.s3_endpoint.as_deref() == Some(endpoint))
+            .map(|n| n.name.clone())
+    }
+
+    /// Writes a small object through `endpoint` and reads it back.
+    pub async fn probe(&self, endpoint: &str) -> Result<(), S3Error> {
+        let timeouts = S3Timeouts {
+            connect: Duration::from_secs(2),
+            total: Duration::from_secs(5),
+        };
+        let client = self.s3.client(endpoint, timeouts);
+        let key = format!("{PROBE_PREFIX}{}", sanitize(endpoint));
+        let body = format!("faultline probe {}", utc_now()).into_bytes();
+        client.put_object(&key, body.clone()).await?;
+        let got = client.get_object(&key).await?;
+        if got.status.as_u16() == 404 {
+            return Err(S3Error::Status {
+                status: 404,
+                body: "probe object written but not found".into(),
+            });
+        }
+        if got.body != body {
+            return Err(S3Error::Status {
+                status: got.status.as_u16(),
+                body: "probe object read back with other bytes".into(),
+            });
+        }
+        Ok(())
+    }
+
+    async fn probe_until_ready(&self, endpoint: &str) -> Result<(), ClusterError> {
+        let deadline = Instant::now() + Duration::from_millis(self.ctx.timeouts.step_ms);
+        loop {
+            let err = match self.probe(endpoint).await {
+                Ok(()) => return Ok(()),
+                Err(e) => e,
+            };
+            if Instant::now() >= deadline {
+                let node = self.node_by_endpoint(endpoint);
+                let log = node
+                    .as_deref()
+                    .and_then(|n| self.node(n))
+                    .map(|n| n.log.display().to_string())
+                    .unwrap_or_else(|| self.commands_log().display().to_string());
+                return Err(ClusterError::Step {
+                    node: node.unwrap_or_else(|| endpoint.to_string()),
+                    step: format!("S3 probe through {endpoint}"),
+                    detail: err.to_string(),
+                    log,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+        }
+    }
+
+    /// Records nodes, ports, PIDs and endpoints in `cluster.json`.
+    pub fn write_state(&self) -> Result<(), ClusterError> {
+        #[derive(Serialize)]
+        struct State<'a> {
+            profile: &'a str,
+            seed: u64,
+            nodes: &'a [Node],
+            s3: &'a S3Target,
+            commands_log: PathBuf,
+        }
+        let state = State {
+            profile: &self.profile.name,
+            seed: self.seed,
+            nodes: &self.nodes,
+            s3: &self.s3,
+            commands_log: self.commands_log(),
+        };
+        let path = self.ctx.run_dir.join("cluster.json");
+        let text = serde_json::to_string_pretty(&state).expect("cluster state always serialises");
+        write_file(&path, &text)
+    }
+
+    /// Stops every node gracefully (all at once), then the supervisor.
+    pub async fn shutdown(&self) -> Result<(), ClusterError> {
+        let grace = Duration::from_millis(self.ctx.timeouts.grace_period_ms);
+        let stops = self
+            .nodes
+            .iter()
+            .filter_map(|n| n.pid)
+            .map(|pid| self.ctx.sup.terminate(pid, grace));
+        for result in futures::future::join_all(stops).await {
+            match result {
+                Ok(_) | Err(SupervisorError::NotAlive { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        tracing::info!("cluster stopped");
+        Ok(())
+    }
+
+    /// Kills every node at once (second Ctrl-C, failed boot).
+    pub async fn kill_all(&self) -> Result<(), ClusterError> {
+        Ok(self.ctx.sup.kill_all().await?)
+    }
+}
+
+/// A recovery gate that passed.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Recovery {
+    pub took: Duration,
+    /// How many evaluations it took.
+    pub checks: u32,
+}
+
+/// One gate condition that is still false.
+#[derive(Debug, Clone, Serialize)]
+pub struct Unmet {
+    pub node: Option<String>,
+    pub condition: String,
+    pub detail: String,
+}
+
+impl Unmet {
+    pub fn node(node: &Node, condition: &str, detail: String) -> Unmet {
+        Unmet {
+            node: Some(node.name.clone()),
+            condition: condition.into(),
+            detail,
+        }
+    }
+}
+
+impl fmt::Display for Unmet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.node {
+            Some(n) => write!(f, "{n}: {}: {}", self.condition, self.detail),
+            None => write!(f, "{}: {}", self.condition, self.detail),
+        }
+    }
+}
+
+/// The recovery gate did not pass in time.
+#[derive(Debug, Clone, Serialize, thiserror::Error)]
+pub struct GateFailure {
+    pub waited: Duration,
+    pub unmet: Vec<Unmet>,
+}
+
+impl fmt::Display for GateFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cluster not recovered after {:.1} s: ",
+            self.waited.as_secs_f64()
+        )?;
+        let parts: Vec<String> = self.unmet.iter().map(ToString::to_string).collect();
+        write!(f, "{}", parts.join("; "))
+    }
+}
+
+/// Runs commands against the cluster under supervision and journals each
+/// with its arguments, exit status and output.
+struct CommandLog {
+    path: PathBuf,
+    tmp_dir: PathBuf,
+    seq: AtomicU64,
+    redact: Vec<String>,
+    lock: Mutex<()>,
+}
+
+/// What a finished command left behind.
+pub struct CommandOutput {
+    pub success: bool,
+    pub status: String,
+    pub output: String,
+}
+
+impl CommandLog {
+    fn create(run_dir: &Path, redact: Vec<String>) -> Result<CommandLog, ClusterError> {
+        let tmp_dir = run_dir.join("tmp");
+        std::fs::create_dir_all(&tmp_dir).map_err(io_err(&tmp_dir))?;
+        let path = run_dir.join("commands.log");
+        write_file(&path, "")?;
+        Ok(CommandLog {
+            path,
+            tmp_dir,
+            seq: AtomicU64::new(0),
+            redact,
+            lock: Mutex::new(()),
+        })
+    }
+
+    fn redacted(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in self.redact.iter().filter(|s| !s.is_empty()) {
+            out = out.replace(secret.as_str(), "<redacted>");
+        }
+        out
+    }
+
+    fn append(&self, entry: &str) {
+        // A poisoned lock only means another writer panicked mid-append;
+        // the file is still usable.
+        let _guard = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        if let Ok(mut f) = std::fs::OpenOptions::new().append(true).open(&self.path) {
+            let _ = f.write_all(self.redacted(entry).as_bytes());
+        }
+    }
+}
+
+impl Ctx {
+    /// Runs one command to completion (killed at the command deadline) and
+    /// journals it in `commands.log`.
+    pub async fn run_command(
+        &self,
+        label: &str,
+        argv: &[String],
+        env: &[(String, String)],
+    ) -> Result<CommandOutput, ClusterError> {
+        let seq = self.cmdlog.seq.fetch_add(1, Ordering::Relaxed);
+        let out_path = self.cmdlog.tmp_dir.join(format!("{seq}.out"));
+        let mut full_env = env.to_vec();
+        full_env.push((RUN_DIR_ENV.into(), self.run_dir.display().to_string()));
+        let started = Instant::now();
+        let timeout = Duration::from_millis(self.timeouts.command_ms);
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| ClusterError::Config(format!("{label}: empty command")))?;
+        let state = self
+            .sup
+            .run(
+                SpawnSpec {
+                    program: PathBuf::from(program),
+                    args: args.to_vec(),
+                    env: full_env,
+                    cwd: Some(self.run_dir.clone()),
+                    log: Some(out_path.clone()),
+                    label: label.to_string(),
+                },
+                timeout,
+            )
+            .await;
+        let output = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let _ = std::fs::remove_file(&out_path);
+        let (success, status) = match &state {
+            Ok(ProcState::Exited(s)) => (s.success(), describe_exit(*s)),
+            Ok(other) => (
+                false,
+                format!("{other:?} after deadline of {} ms", timeout.as_millis()),
+            ),
+            Err(e) => (false, e.to_string()),
+        };
+        let quoted: Vec<String> = argv.iter().map(|a| shell_quote(a)).collect();
+        self.cmdlog.append(&format!(
+            "--- {} [{}] {}\n$ {}\n{}{}=> {} in {} ms\n\n",
+            utc_now(),
+            seq,
+            label,
+            quoted.join(" "),
+            output,
+            if output.is_empty() || output.ends_with('\n') {
+                ""
+            } else {
+                "\n"
+            },
+            status,
+            started.elapsed().as_millis()
+        ));
+        state?;
+        Ok(CommandOutput {
+            success,
+            status,
+            output,
+        })
+    }
+
+    /// Runs a command until it exits 0 or the step deadline passes.
+    pub async fn retry_command(
+        &self,
+        node: &Node,
+        step: &str,
+        argv: &[String],
+    ) -> Result<CommandOutput, ClusterError> {
+        let deadline = Instant::now() + Duration::from_millis(self.timeouts.step_ms);
+        loop {
+            let out = self.run_command(step, argv, &[]).await?;
+            if out.success {
+                return Ok(out);
+            }
+            if Instant::now() >= deadline {
+                return Err(ClusterError::Step {
+                    node: node.name.clone(),
+                    step: step.to_string(),
+                    detail: format!(
+                        "{} after {} ms: {}",
+                        out.status,
+                        self.timeouts.step_ms,
+                        last_line(&out.output)
+                    ),
+                    log: node.log.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
+        }
+    }
+}
+
+pub(crate) fn last_line(text: &str) -> String {
+    text.lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("no output")
+        .to_string()
+}
+
+fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@,".contains(c))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+async fn resolve_binary(
+    profile: &Profile,
+    opts: &BootOptions,
+) -> Result<Option<PathBuf>, ClusterError> {
+    if let Some(path) = &opts.binary_override {
+        if !provision::is_executable(path) {
+            return Err(ClusterError::Config(format!(
+                "--garage-bin {}: no executable file there",
+                path.display()
+            )));
+        }
+        return Ok(Some(path.canonicalize().map_err(io_err(path))?));
+    }
+    let wanted = match (&profile.garage, &profile.binary) {
+        (Some(g), _) => Some((
+            "garage".to_string(),
+            g.version.clone(),
+            "garage".to_string(),
+        )),
+        (None, Some(b)) => Some((
+            b.krate.clone(),
+            b.version.clone(),
+            b.name.clone().unwrap_or(b.krate.clone()),
+        )),
+        (None, None) => None,
+    };
+    match wanted {
+        Some((krate, version, name)) => Ok(Some(
+            provision::ensure_binary(&opts.cache_dir, &krate, &version, &name).await?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Refuses workload endpoints outside loopback unless explicitly allowed.
+pub fn check_endpoints(endpoints: &[String], allow_remote: bool) -> Result<(), ClusterError> {
+    for ep in endpoints {
+        let url = reqwest::Url::parse(ep)
+            .map_err(|e| ClusterError::Config(format!("--s3-endpoint {ep}: not a URL ({e})")))?;
+        if url.scheme() != "http" {
+            return Err(ClusterError::Config(format!(
+                "--s3-endpoint {ep}: only http:// endpoints are supported by this build"
+            )));
+        }
+        let host = url.host_str().unwrap_or_default();
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        if !loopback && !allow_remote {
+            return Err(ClusterError::Config(format!(
+                "--s3-endpoint {ep}: {host} is not a loopback address; pass --allow-remote to send the workload there"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Creates `runs/<utc-timestamp>-<seed>/` (with a suffix if it exists).
+fn create_run_dir(runs_dir: &Path, seed: u64) -> Result<PathBuf, ClusterError> {
+    std::fs::create_dir_all(runs_dir).map_err(io_err(runs_dir))?;
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .expect("a fixed format always formats");
+    for attempt in 1..100 {
+        let name = if attempt == 1 {
+            format!("{stamp}-{seed}")
+        } else {
+            format!("{stamp}-{seed}-{attempt}")
+        };
+        let dir = runs_dir.join(name);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return dir.canonicalize().map_err(io_err(&dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(io_err(&dir)(e)),
+        }
+    }
+    Err(ClusterError::Config(format!(
+        "{}: 99 runs with seed {seed} started this second",
+        runs_dir.display()
+    )))
+}
+
+/// Chooses ports for every node: free ones, or `base + 10*i + j` checked
+/// free. `wanted[i]` lists node i's port names.
+pub(crate) fn allocate_ports(
+    base: PortBase,
+    wanted: &[(String, Vec<String>)],
+) -> Result<Vec<BTreeMap<String, u16>>, ClusterError> {
+    let mut out = Vec::with_capacity(wanted.len());
+    match base {
+        PortBase::Auto => {
+            // Keep every listener open until all are chosen so no port is
+            // handed out twice.
+            let mut held = Vec::new();
+            for (node, names) in wanted {
+                let mut ports = BTreeMap::new();
+                for name in names {
+                    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| ClusterError::Io {
+                        path: PathBuf::from(format!("127.0.0.1:0 (port {name} of {node})")),
+                        source: e,
+                    })?;
+                    let port = l
+                        .local_addr()
+                        .map_err(io_err(Path::new("127.0.0.1:0")))?
+                        .port();
+                    held.push(l);
+                    ports.insert(name.clone(), port);
+                }
+                out.push(ports);
+            }
+        }
+        PortBase::Fixed(base) => {
+            for (i, (node, names)) in wanted.iter().enumerate() {
+                let mut ports = BTreeMap::new();
+                for (j, name) in names.iter().enumerate() {
+                    let port = u32::from(base) + 10 * i as u32 + j as u32;
+                    let port = u16::try_from(port).map_err(|_| {
+                        ClusterError::Config(format!(
+                            "port_base {base} leaves no room for node {node}'s ports"
+                        ))
+                    })?;
+                    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                        return Err(ClusterError::PortInUse {
+                            port,
+                            node: node.clone(),
+                            purpose: name.clone(),
+                        });
+                    }
+                    ports.insert(name.clone(), port);
+                }
+                out.push(ports);
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), ClusterError> {
+    std::fs::write(path, text).map_err(io_err(path))
+}
+
+/// Writes the S3 credentials as an AWS shared-credentials file, mode 0600.
+fn write_credentials(path: &Path, key_id: &str, secret: &str) -> Result<(), ClusterError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err(path))?;
+    writeln!(
+        f,
+        "[faultline]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}"
+    )
+    .map_err(io_err(path))
+}
+
+pub(crate) fn utc_now() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .expect("RFC 3339 always formats")
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+fn dedup(items: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    items
+        .into_iter()
+        .filter(|i| seen.insert(i.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_endpoints_pass_and_others_need_allow_remote() {
+        for ok in [
+            "http://127.0.0.1:3900",
+            "http://127.8.9.10:1/",
+            "http://localhost:9000",
+            "http://[::1]:80",
+        ] {
+            check_endpoints(&[ok.into()], false).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let err = check_endpoints(&["http://10.0.0.5:9000".into()], false)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("--allow-remote"), "{err}");
+        check_endpoints(&["http://10.0.0.5:9000".into()], true).unwrap();
+        assert!(check_endpoints(&["not a url".into()], false).is_err());
+    }
+
+    #[test]
+    fn fixed_ports_follow_the_base_and_report_a_taken_one() {
+        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = holder.local_addr().unwrap().port();
+        let wanted = vec![("n1".to_string(), vec!["s3".to_string(), "rpc".to_string()])];
+        let err = allocate_ports(PortBase::Fixed(taken - 1), &wanted).unwrap_err();
+        match err {
+            ClusterError::PortInUse {
+                port,
+                node,
+                purpose,
+            } => {
+                assert_eq!(
+                    (port, node.as_str(), purpose.as_str()),
+                    (taken, "n1", "rpc")
+                );
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn auto_ports_are_distinct() {
+        let wanted: Vec<_> = (0..5)
+            .map(|i| (format!("n{i}"), vec!["a".into(), "b".into(), "c".into()]))
+            .collect();
+        let ports = allocate_ports(PortBase::Auto, &wanted).unwrap();
+        let all: std::collections::BTreeSet<u16> =
+            ports.iter().flat_map(|p| p.values().copied()).collect();
+        assert_eq!(all.len(), 15);
+    }
+
+    #[test]
+    fn secrets_follow_the_seed_and_garage_key_format() {
+        let a = Secrets::from_seed(7);
+        assert_eq!(a.access_key_id, Secrets::from_seed(7).access_key_id);
+        assert_ne!(a.rpc_secret, Secrets::from_seed(8).rpc_secret);
+        assert_eq!(a.rpc_secret.len(), 64);
+        assert!(a.access_key_id.starts_with("GK") && a.access_key_id.len() == 26);
+        assert_eq!(a.secret_access_key.len(), 64);
+    }
+
+    #[test]
+    fn command_log_redacts_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = CommandLog::create(dir.path(), vec!["s3cr3t".into()]).unwrap();
+        log.append("key import GK1 s3cr3t --yes\n");
+        let text = std::fs::read_to_string(dir.path().join("commands.log")).unwrap();
+        assert_eq!(text, "key import GK1 <redacted> --yes\n");
+    }
+}

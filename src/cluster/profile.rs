@@ -1,0 +1,693 @@
+//! Cluster profiles: the TOML files under `configs/` that say what to boot.
+//!
+//! Two kinds exist. `garage` is the built-in default: the runner knows how
+//! to configure, bootstrap and health-check Garage itself. `generic`
+//! describes any cluster by roles, commands, ports, health probes and hook
+//! commands, so users can point faultline at their own store.
+//!
+//! Parsing is strict: an unknown key or a value of the wrong type is an
+//! error naming the file, the key and what was expected, because a typo in
+//! a chaos profile silently falling back to a default would make a run test
+//! something other than what its author meant.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("cannot read profile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{path}: key `{key}`: expected {expected}, found {found}")]
+    Invalid {
+        path: PathBuf,
+        key: String,
+        expected: String,
+        found: String,
+    },
+}
+
+/// A profile as written in its file, before any run-specific resolution.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Profile {
+    /// A short name used in run directories and reports.
+    pub name: String,
+    pub kind: Kind,
+    /// `"auto"` picks free ports at boot; an integer N gives node i (from 0)
+    /// the ports N + 10*i + 0, 1, 2, ... in the order its role lists them.
+    #[serde(default)]
+    pub port_base: PortBase,
+    #[serde(default)]
+    pub s3: S3Section,
+    pub garage: Option<GarageSection>,
+    #[serde(default)]
+    pub binary: Option<BinarySection>,
+    #[serde(default)]
+    pub roles: Vec<RoleSection>,
+    #[serde(default)]
+    pub hooks: Option<HooksSection>,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Garage,
+    Generic,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PortBase {
+    #[default]
+    Auto,
+    Fixed(u16),
+}
+
+impl<'de> Deserialize<'de> for PortBase {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        let expected = "expected \"auto\" or a port number";
+        match Raw::deserialize(d).map_err(|_| D::Error::custom(expected))? {
+            Raw::Text(s) if s == "auto" => Ok(PortBase::Auto),
+            Raw::Number(n) => u16::try_from(n)
+                .map(PortBase::Fixed)
+                .map_err(|_| D::Error::custom(format!("{expected}, found {n}"))),
+            Raw::Text(s) => Err(D::Error::custom(format!("{expected}, found {s:?}"))),
+        }
+    }
+}
+
+impl Serialize for PortBase {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PortBase::Auto => s.serialize_str("auto"),
+            PortBase::Fixed(n) => s.serialize_u16(*n),
+        }
+    }
+}
+
+/// Where the workload talks S3, and as whom.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Section {
+    #[serde(default = "default_region")]
+    pub region: String,
+    #[serde(default = "default_bucket")]
+    pub bucket: String,
+    /// Endpoint URL templates (generic profiles; Garage uses every node's).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// Fixed credentials; generated per run (in Garage's key format) when absent.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl Default for S3Section {
+    fn default() -> Self {
+        S3Section {
+            region: default_region(),
+            bucket: default_bucket(),
+            endpoints: Vec::new(),
+            access_key_id: None,
+            secret_access_key: None,
+        }
+    }
+}
+
+fn default_region() -> String {
+    "garage".into()
+}
+
+fn default_bucket() -> String {
+    "faultline".into()
+}
+
+/// The built-in Garage cluster.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GarageSection {
+    /// Exact crate version to run, installed from the registry if missing.
+    pub version: String,
+    /// Storage nodes started at boot.
+    pub nodes: u32,
+    /// Nodes configured but started only to replace a dead one.
+    #[serde(default)]
+    pub spares: u32,
+    pub replication_factor: u32,
+    #[serde(default)]
+    pub consistency_mode: ConsistencyMode,
+    #[serde(default)]
+    pub db_engine: DbEngine,
+    /// Capacity each node announces in the layout, as Garage parses it.
+    #[serde(default = "default_capacity")]
+    pub capacity: String,
+    #[serde(default)]
+    pub metadata_fsync: bool,
+    #[serde(default)]
+    pub data_fsync: bool,
+    /// Data block size in bytes.
+    #[serde(default = "default_block_size")]
+    pub block_size: u64,
+    /// `RUST_LOG` for the nodes.
+    #[serde(default = "default_garage_log")]
+    pub log_filter: String,
+}
+
+fn default_capacity() -> String {
+    "1G".into()
+}
+
+fn default_block_size() -> u64 {
+    1024 * 1024
+}
+
+fn default_garage_log() -> String {
+    "garage=info".into()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsistencyMode {
+    #[default]
+    Consistent,
+    Degraded,
+    Dangerous,
+}
+
+impl ConsistencyMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsistencyMode::Consistent => "consistent",
+            ConsistencyMode::Degraded => "degraded",
+            ConsistencyMode::Dangerous => "dangerous",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DbEngine {
+    /// The default here: LMDB reserves 1 TiB of virtual memory per node.
+    #[default]
+    Sqlite,
+    Lmdb,
+}
+
+impl DbEngine {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbEngine::Sqlite => "sqlite",
+            DbEngine::Lmdb => "lmdb",
+        }
+    }
+}
+
+/// A binary a generic profile wants installed from the crate registry;
+/// its path is the template variable `{bin}`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BinarySection {
+    #[serde(rename = "crate")]
+    pub krate: String,
+    pub version: String,
+    /// The binary's file name; defaults to the crate name.
+    pub name: Option<String>,
+}
+
+/// One role of a generic cluster (for example meta, data or front).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleSection {
+    pub name: String,
+    pub count: u32,
+    #[serde(default)]
+    pub spares: u32,
+    /// Argument vector; the first element is the program. Templated.
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Named ports each node of this role gets, e.g. ["s3", "rpc"].
+    #[serde(default)]
+    pub ports: Vec<String>,
+    /// Directories created under the node's directory before it starts.
+    #[serde(default)]
+    pub data_dirs: Vec<String>,
+    /// Files rendered into the node's directory before it starts.
+    #[serde(default)]
+    pub files: Vec<FileSection>,
+    pub health: Option<HealthSection>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSection {
+    /// Path relative to the node's directory.
+    pub path: String,
+    /// File contents; `{...}` variables are substituted.
+    pub template: String,
+}
+
+/// A node's health probe: exactly one of the three.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// GET this URL; healthy on any 2xx.
+    pub http: Option<String>,
+    /// Connect to this host:port; healthy when the connection is accepted.
+    pub tcp: Option<String>,
+    /// Run this argument vector; healthy on exit status 0.
+    pub command: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HooksSection {
+    /// Commands run in order once every node's health probe passes.
+    #[serde(default)]
+    pub bootstrap: Vec<Vec<String>>,
+    /// Exits 0 when the cluster has recovered; part of the recovery gate.
+    pub recovered: Option<Vec<String>>,
+}
+
+/// Deadlines, in milliseconds.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Each bootstrap step (start, connect, layout, key, bucket, probes).
+    #[serde(default = "default_step_ms")]
+    pub step_ms: u64,
+    /// One command run against the cluster (CLI call, hook, probe).
+    #[serde(default = "default_command_ms")]
+    pub command_ms: u64,
+    /// How long a node gets between SIGTERM and SIGKILL.
+    #[serde(default = "default_grace_ms")]
+    pub grace_period_ms: u64,
+    /// The recovery gate's default deadline.
+    #[serde(default = "default_recovery_ms")]
+    pub recovery_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            step_ms: default_step_ms(),
+            command_ms: default_command_ms(),
+            grace_period_ms: default_grace_ms(),
+            recovery_ms: default_recovery_ms(),
+        }
+    }
+}
+
+fn default_step_ms() -> u64 {
+    30_000
+}
+
+fn default_command_ms() -> u64 {
+    20_000
+}
+
+fn default_grace_ms() -> u64 {
+    10_000
+}
+
+fn default_recovery_ms() -> u64 {
+    120_000
+}
+
+impl Profile {
+    /// Reads, parses and validates a profile file.
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Profile::parse(path, &text)
+    }
+
+    pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
+        let profile: Profile = toml::from_str(text).map_err(|e| ProfileError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim_end().to_string(),
+        })?;
+        profile.validate(path)?;
+        Ok(profile)
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ProfileError> {
+        let invalid = |key: &str, expected: &str, found: String| ProfileError::Invalid {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            expected: expected.to_string(),
+            found,
+        };
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            return Err(invalid(
+                "name",
+                "a non-empty name of letters, digits, '-' and '_'",
+                format!("{:?}", self.name),
+            ));
+        }
+        if let PortBase::Fixed(base) = self.port_base
+            && base < 1024
+        {
+            return Err(invalid(
+                "port_base",
+                "\"auto\" or a port number of at least 1024",
+                base.to_string(),
+            ));
+        }
+        if !valid_bucket(&self.s3.bucket) {
+            return Err(invalid(
+                "s3.bucket",
+                "an S3 bucket name (3-63 of a-z, 0-9, '-')",
+                format!("{:?}", self.s3.bucket),
+            ));
+        }
+        if self.s3.access_key_id.is_some() != self.s3.secret_access_key.is_some() {
+            return Err(invalid(
+                "s3.access_key_id",
+                "both access_key_id and secret_access_key, or neither",
+                "only one of them".into(),
+            ));
+        }
+        match self.kind {
+            Kind::Garage => self.validate_garage(path, &invalid),
+            Kind::Generic => self.validate_generic(&invalid),
+        }
+    }
+
+    fn validate_garage(
+        &self,
+        _path: &Path,
+        invalid: &dyn Fn(&str, &str, String) -> ProfileError,
+    ) -> Result<(), ProfileError> {
+        let Some(g) = &self.garage else {
+            return Err(invalid(
+                "garage",
+                "a [garage] table for kind = \"garage\"",
+                "none".into(),
+            ));
+        };
+        for (key, present) in [
+            ("roles", !self.roles.is_empty()),
+            ("hooks", self.hooks.is_some()),
+            ("binary", self.binary.is_some()),
+            ("s3.endpoints", !self.s3.endpoints.is_empty()),
+        ] {
+            if present {
+                return Err(invalid(
+                    key,
+                    "nothing: this key belongs to kind = \"generic\"",
+                    "a value".into(),
+                ));
+            }
+        }
+        if !valid_version(&g.version) {
+            return Err(invalid(
+                "garage.version",
+                "an exact version such as \"2.5.0\"",
+                format!("{:?}", g.version),
+            ));
+        }
+        if !(1..=7).contains(&g.replication_factor) {
+            return Err(invalid(
+                "garage.replication_factor",
+                "1 to 7",
+                g.replication_factor.to_string(),
+            ));
+        }
+        if g.nodes < g.replication_factor {
+            return Err(invalid(
+                "garage.nodes",
+                &format!("at least replication_factor ({})", g.replication_factor),
+                g.nodes.to_string(),
+            ));
+        }
+        if g.nodes + g.spares > 64 {
+            return Err(invalid(
+                "garage.spares",
+                "nodes + spares of at most 64",
+                (g.nodes + g.spares).to_string(),
+            ));
+        }
+        if g.block_size < 4096 {
+            return Err(invalid(
+                "garage.block_size",
+                "at least 4096 bytes",
+                g.block_size.to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_generic(
+        &self,
+        invalid: &dyn Fn(&str, &str, String) -> ProfileError,
+    ) -> Result<(), ProfileError> {
+        if self.garage.is_some() {
+            return Err(invalid(
+                "garage",
+                "nothing: [garage] belongs to kind = \"garage\"",
+                "a table".into(),
+            ));
+        }
+        if self.roles.is_empty() {
+            return Err(invalid(
+                "roles",
+                "at least one [[roles]] table",
+                "none".into(),
+            ));
+        }
+        if self.s3.endpoints.is_empty() {
+            return Err(invalid(
+                "s3.endpoints",
+                "at least one S3 endpoint URL",
+                "none".into(),
+            ));
+        }
+        if let Some(b) = &self.binary
+            && !valid_version(&b.version)
+        {
+            return Err(invalid(
+                "binary.version",
+                "an exact version such as \"2.5.0\"",
+                format!("{:?}", b.version),
+            ));
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, role) in self.roles.iter().enumerate() {
+            let key = |k: &str| format!("roles[{i}].{k}");
+            if role.name.is_empty()
+                || !role
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            {
+                return Err(invalid(
+                    &key("name"),
+                    "a non-empty name of a-z and 0-9",
+                    format!("{:?}", role.name),
+                ));
+            }
+            if !names.insert(role.name.clone()) {
+                return Err(invalid(
+                    &key("name"),
+                    "a name no other role has",
+                    format!("{:?}", role.name),
+                ));
+            }
+            if role.count == 0 {
+                return Err(invalid(&key("count"), "at least 1", "0".into()));
+            }
+            if role.command.is_empty() {
+                return Err(invalid(
+                    &key("command"),
+                    "a non-empty argument vector",
+                    "[]".into(),
+                ));
+            }
+            if let Some(h) = &role.health {
+                let set = [h.http.is_some(), h.tcp.is_some(), h.command.is_some()];
+                if set.iter().filter(|s| **s).count() != 1 {
+                    return Err(invalid(
+                        &key("health"),
+                        "exactly one of http, tcp, command",
+                        format!("{} of them", set.iter().filter(|s| **s).count()),
+                    ));
+                }
+            }
+            for f in &role.files {
+                if Path::new(&f.path).is_absolute() || f.path.split('/').any(|c| c == "..") {
+                    return Err(invalid(
+                        &key("files.path"),
+                        "a path inside the node directory",
+                        format!("{:?}", f.path),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn valid_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()))
+}
+
+fn valid_bucket(b: &str) -> bool {
+    (3..=63).contains(&b.len())
+        && b.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !b.starts_with('-')
+        && !b.ends_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Profile, ProfileError> {
+        Profile::parse(Path::new("configs/test.toml"), text)
+    }
+
+    const GARAGE: &str = r#"
+name = "g"
+kind = "garage"
+[garage]
+version = "2.5.0"
+nodes = 3
+spares = 2
+replication_factor = 3
+"#;
+
+    #[test]
+    fn minimal_garage_profile_gets_defaults() {
+        let p = parse(GARAGE).unwrap();
+        assert_eq!(p.port_base, PortBase::Auto);
+        let g = p.garage.unwrap();
+        assert_eq!(g.consistency_mode, ConsistencyMode::Consistent);
+        assert_eq!(g.db_engine, DbEngine::Sqlite);
+        assert_eq!(p.s3.bucket, "faultline");
+    }
+
+    #[test]
+    fn unknown_key_names_file_key_and_expected_keys() {
+        let err = parse(&GARAGE.replace("spares = 2", "sparez = 2"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("configs/test.toml: "), "{err}");
+        assert!(err.contains("unknown field `sparez`"), "{err}");
+        assert!(err.contains("`spares`"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_file_and_expected_type() {
+        let err = parse(&GARAGE.replace("nodes = 3", "nodes = \"three\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("configs/test.toml: "), "{err}");
+        assert!(err.contains("nodes"), "{err}");
+        assert!(err.contains("u32") || err.contains("integer"), "{err}");
+    }
+
+    #[test]
+    fn fewer_nodes_than_replicas_is_rejected() {
+        let err = parse(&GARAGE.replace("nodes = 3", "nodes = 2"))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "configs/test.toml: key `garage.nodes`: expected at least replication_factor (3), found 2"
+        );
+    }
+
+    #[test]
+    fn port_base_is_auto_or_a_number() {
+        let p = parse(&format!("port_base = 40000\n{GARAGE}")).unwrap();
+        assert_eq!(p.port_base, PortBase::Fixed(40000));
+        let err = parse(&format!("port_base = \"sometimes\"\n{GARAGE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("port_base"), "{err}");
+        let err = parse(&format!("port_base = 80\n{GARAGE}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `port_base`"), "{err}");
+    }
+
+    #[test]
+    fn inexact_version_is_rejected() {
+        let err = parse(&GARAGE.replace("\"2.5.0\"", "\"2.5\""))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `garage.version`"), "{err}");
+    }
+
+    #[test]
+    fn generic_keys_in_a_garage_profile_are_rejected() {
+        let err = parse(&format!("{GARAGE}\n[hooks]\nbootstrap = []\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `hooks`"), "{err}");
+    }
+
+    #[test]
+    fn generic_health_needs_exactly_one_probe() {
+        let text = r#"
+name = "x"
+kind = "generic"
+[s3]
+endpoints = ["http://127.0.0.1:{n1.port.s3}"]
+[[roles]]
+name = "n"
+count = 1
+command = ["true"]
+health = { tcp = "127.0.0.1:1", http = "http://127.0.0.1:1/" }
+"#;
+        let err = parse(text).unwrap_err().to_string();
+        assert!(
+            err.contains("key `roles[0].health`: expected exactly one of http, tcp, command"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn shipped_profiles_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
+                seen += 1;
+            }
+        }
+        assert!(
+            seen >= 3,
+            "expected garage-3, garage-5 and the generic example, saw {seen}"
+        );
+    }
+}

@@ -1,0 +1,13 @@
+//! faultline: a chaos runner for distributed object stores.
+//!
+//! The binary (`src/main.rs`) only parses arguments; everything else lives
+//! in this library so tests reach it. See ARCHITECTURE.md for the map.
+
+pub mod cli;
+pub mod cluster;
+pub mod exit;
+pub mod faults;
+pub mod ledger;
+pub mod oracle;
+pub mod s3;
+pub mod workload;
