@@ -1,0 +1,552 @@
+//! The cluster layer against real Garage processes: boot, S3 through the
+//! project's own client, the recovery gate around a killed node, teardown,
+//! the runner's own death, bad input, the generic profile and endpoint
+//! overrides. Garage is installed into the user cache on first use, by the
+//! same code path `faultline up` uses.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use faultline::cluster::supervisor::ProcState;
+use faultline::cluster::{BootOptions, Cluster, RUN_DIR_ENV, provision};
+use faultline::s3::Timeouts;
+
+const BIN: &str = env!("CARGO_BIN_EXE_faultline");
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
+
+/// A fresh runs directory under the target dir, kept after the test so a
+/// failure's node logs and commands.log can be read.
+fn runs_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("test-runs")
+        .join(format!("{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn options(profile: &str, runs: &Path) -> BootOptions {
+    BootOptions {
+        profile: repo(profile),
+        runs_dir: runs.to_path_buf(),
+        seed: 42,
+        cache_dir: provision::default_cache_dir(),
+        binary_override: None,
+        s3_endpoints: Vec::new(),
+        allow_remote: false,
+        port_base: None,
+    }
+}
+
+/// Processes (not zombies) whose environment marks them as started by a
+/// run under `runs`. Found by the run directory faultline puts in every
+/// child's environment, never by process name.
+fn live_processes_of(runs: &Path) -> Vec<u32> {
+    let marker = format!("{RUN_DIR_ENV}={}", runs.canonicalize().unwrap().display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let marked = environ
+            .split(|b| *b == 0)
+            .any(|kv| String::from_utf8_lossy(kv).starts_with(&marker));
+        if marked && !is_gone(pid) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// True if `pid` no longer runs: absent, or a zombie waiting to be reaped.
+fn is_gone(pid: u32) -> bool {
+    matches!(
+        faultline::cluster::supervisor::proc_state_letter(pid),
+        None | Some('Z') | Some('X')
+    )
+}
+
+fn assert_all_gone_within(pids: &[u32], limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let alive: Vec<u32> = pids.iter().copied().filter(|p| !is_gone(*p)).collect();
+        if alive.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still alive after {limit:?}: {alive:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// PUTs an object through every workload endpoint and reads it back through
+/// every other one.
+async fn assert_put_get_everywhere(cluster: &Cluster) {
+    let endpoints = &cluster.s3.endpoints;
+    assert!(!endpoints.is_empty());
+    for (i, ep) in endpoints.iter().enumerate() {
+        let key = format!("test/put-get-{i}");
+        let body: Vec<u8> = (0..70_000u32).map(|x| (x * 31 + i as u32) as u8).collect();
+        let client = cluster.s3.client(ep, Timeouts::default());
+        client.put_object(&key, body.clone()).await.unwrap();
+        for other in endpoints {
+            let got = cluster
+                .s3
+                .client(other, Timeouts::default())
+                .get_object(&key)
+                .await
+                .unwrap();
+            assert_eq!(got.status.as_u16(), 200, "GET {key} via {other}");
+            assert!(got.body == body, "GET {key} via {other}: other bytes");
+        }
+    }
+}
+
+/// Runs `faultline ARGS` to completion; returns (exit code, stderr).
+fn faultline(args: &[&str]) -> (i32, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Starts `faultline up`, waits for its ready line, returns the child and
+/// the run directory it printed.
+fn spawn_up(runs: &Path) -> (Child, PathBuf) {
+    let mut child = Command::new(BIN)
+        .args([
+            "up",
+            "--profile",
+            "configs/garage-3.toml",
+            "--seed",
+            "7",
+            "--runs-dir",
+        ])
+        .arg(runs)
+        .current_dir(repo(""))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let mut run_dir = None;
+    let mut ready = false;
+    // Bounded: `up` prints a dozen lines once ready, or exits on failure.
+    for line in lines.by_ref().take(40) {
+        let line = line.unwrap();
+        if line.contains(" ready in ") {
+            ready = true;
+        }
+        if let Some(dir) = line.trim().strip_prefix("run directory") {
+            run_dir = Some(PathBuf::from(dir.trim()));
+        }
+        if line.starts_with("Ctrl-C") {
+            break;
+        }
+    }
+    assert!(ready, "faultline up never printed its ready line");
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, run_dir.expect("up prints the run directory"))
+}
+
+fn node_pids(run_dir: &Path) -> Vec<u32> {
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("cluster.json")).unwrap())
+            .unwrap();
+    state["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["pid"].as_u64().map(|p| p as u32))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage3_boots_serves_s3_and_gates_a_killed_node() {
+    let runs = runs_dir("garage3");
+    let cluster_started = Instant::now();
+    let mut cluster = Cluster::boot(&options("configs/garage-3.toml", &runs))
+        .await
+        .unwrap();
+    eprintln!(
+        "booted in {:?} (measured {:?})",
+        cluster.booted_in(),
+        cluster_started.elapsed()
+    );
+    assert_eq!(cluster.nodes.iter().filter(|n| !n.spare).count(), 3);
+    assert_eq!(cluster.nodes.iter().filter(|n| n.spare).count(), 2);
+    assert!(
+        cluster
+            .nodes
+            .iter()
+            .filter(|n| n.spare)
+            .all(|n| n.pid.is_none()),
+        "spares must not start"
+    );
+    assert_put_get_everywhere(&cluster).await;
+
+    // The run directory holds what the issue promises.
+    let run = cluster.run_dir().to_path_buf();
+    for rel in [
+        "profile.toml",
+        "cluster.json",
+        "commands.log",
+        "credentials",
+        "nodes/n1/garage.toml",
+        "nodes/n1/node.log",
+        "nodes/n4/garage.toml",
+    ] {
+        assert!(
+            run.join(rel).exists(),
+            "{rel} missing from the run directory"
+        );
+    }
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(run.join("credentials"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
+    let commands = std::fs::read_to_string(run.join("commands.log")).unwrap();
+    assert!(commands.contains("layout apply --version 1"), "{commands}");
+    assert!(
+        !commands.contains(&cluster.s3.secret_access_key),
+        "the secret key leaked into commands.log"
+    );
+
+    cluster
+        .wait_recovered(Duration::from_secs(120))
+        .await
+        .expect("a fresh cluster passes the gate");
+
+    // A SIGKILLed node: the gate says not recovered, and why.
+    cluster.kill_node("n3").await.unwrap();
+    let failure = cluster
+        .wait_recovered(Duration::from_secs(3))
+        .await
+        .unwrap_err();
+    let text = failure.to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("n3: process: exited (killed by SIGKILL)"),
+        "{text}"
+    );
+    assert!(
+        failure
+            .unmet
+            .iter()
+            .any(|u| u.node.as_deref() != Some("n3") && u.condition == "GetClusterHealth"),
+        "peers should report the cluster unhealthy: {text}"
+    );
+
+    // Restarted on the same data: the gate passes and says how long it took.
+    cluster.start_node("n3").await.unwrap();
+    let recovery = cluster
+        .wait_recovered(Duration::from_secs(150))
+        .await
+        .unwrap();
+    eprintln!(
+        "recovered in {:?} after {} checks",
+        recovery.took, recovery.checks
+    );
+    assert!(recovery.took > Duration::ZERO && recovery.checks >= 1);
+    let got = cluster
+        .s3
+        .client(&cluster.s3.endpoints[2], Timeouts::default())
+        .get_object("test/put-get-0")
+        .await
+        .unwrap();
+    assert_eq!(
+        got.status.as_u16(),
+        200,
+        "data written before the kill is readable through n3"
+    );
+
+    // Pause and resume are confirmed by the kernel's view of the process.
+    cluster.pause_node("n2").await.unwrap();
+    assert_eq!(
+        cluster.node_state("n2").await.unwrap(),
+        Some(ProcState::Stopped)
+    );
+    let unmet = cluster.gate_once().await;
+    assert!(
+        unmet
+            .iter()
+            .any(|u| u.to_string() == "n2: process: stopped (SIGSTOP)"),
+        "{unmet:?}"
+    );
+    cluster.resume_node("n2").await.unwrap();
+    assert_eq!(
+        cluster.node_state("n2").await.unwrap(),
+        Some(ProcState::Running)
+    );
+
+    // Teardown: every PID the run spawned is gone.
+    let pids = cluster.pids();
+    assert_eq!(pids.len(), 3);
+    cluster.shutdown().await.unwrap();
+    drop(cluster);
+    assert_all_gone_within(&pids, Duration::from_secs(1));
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_wipe_and_restart_on_another_binary_keep_the_node_serving() {
+    let runs = runs_dir("node-ops");
+    let mut cluster = Cluster::boot(&options("configs/garage-3.toml", &runs))
+        .await
+        .unwrap();
+    let before = cluster.node("n1").unwrap().pid.unwrap();
+    let after = cluster.restart_node("n1").await.unwrap();
+    assert_ne!(before, after, "a restart must change the PID");
+    assert!(is_gone(before));
+
+    // "Another binary": a copy of the same version at another path, which
+    // is what an update to the same version is.
+    let copy = runs.join("garage-copy");
+    std::fs::copy(&cluster.node("n2").unwrap().program, &copy).unwrap();
+    cluster.restart_node_with("n2", &copy).await.unwrap();
+    assert_eq!(cluster.node("n2").unwrap().program, copy);
+    let cmdline = std::fs::read(format!(
+        "/proc/{}/cmdline",
+        cluster.node("n2").unwrap().pid.unwrap()
+    ))
+    .unwrap();
+    assert!(String::from_utf8_lossy(&cmdline).starts_with(&copy.display().to_string()));
+
+    // Wiping a running node is refused; a stopped one is emptied.
+    assert!(cluster.wipe_node("n3").await.is_err());
+    cluster.stop_node("n3").await.unwrap();
+    std::fs::write(
+        cluster.node("n3").unwrap().data_dirs[1].join("marker"),
+        b"x",
+    )
+    .unwrap();
+    cluster.wipe_node("n3").await.unwrap();
+    for dir in &cluster.node("n3").unwrap().data_dirs {
+        assert_eq!(
+            std::fs::read_dir(dir).unwrap().count(),
+            0,
+            "{} not empty",
+            dir.display()
+        );
+    }
+    cluster.start_node("n1").await.unwrap_err(); // already running
+    cluster.shutdown().await.unwrap();
+    drop(cluster);
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+#[test]
+fn sigkilled_runner_takes_every_node_down_within_5s() {
+    let runs = runs_dir("runner-sigkill");
+    let (mut child, run_dir) = spawn_up(&runs);
+    let pids = node_pids(&run_dir);
+    assert_eq!(pids.len(), 3);
+    assert!(pids.iter().all(|p| !is_gone(*p)));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    child.wait().unwrap();
+    assert_all_gone_within(&pids, Duration::from_secs(5));
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+#[test]
+fn ctrl_c_tears_the_cluster_down_and_exits_0() {
+    let runs = runs_dir("ctrl-c");
+    let (mut child, run_dir) = spawn_up(&runs);
+    let pids = node_pids(&run_dir);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_all_gone_within(&pids, Duration::from_secs(1));
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+/// Runs `faultline up` with bad input; it must fail fast with exit 2 and a
+/// message containing every `expected` fragment, leaving nothing running.
+fn check_bad_input(name: &str, extra: &[&str], expected: &[&str]) {
+    let runs = runs_dir(name);
+    let mut args = vec!["up", "--runs-dir", runs.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (code, stderr) = faultline(&args);
+    assert_eq!(code, 2, "{name}: exit code; stderr:\n{stderr}");
+    for e in expected {
+        assert!(stderr.contains(e), "{name}: {e:?} not in stderr:\n{stderr}");
+    }
+    assert_eq!(
+        live_processes_of(&runs),
+        Vec::<u32>::new(),
+        "{name}: left processes behind"
+    );
+}
+
+#[test]
+fn bad_input_fails_clearly_with_exit_2_and_leaves_nothing_running() {
+    let dir = runs_dir("bad-input-profiles");
+    let typo = dir.join("typo.toml");
+    let text = std::fs::read_to_string(repo("configs/garage-3.toml")).unwrap();
+    std::fs::write(&typo, text.replace("spares = 2", "spare_nodes = 2")).unwrap();
+    check_bad_input(
+        "unknown-key",
+        &["--profile", typo.to_str().unwrap()],
+        &[
+            typo.to_str().unwrap(),
+            "unknown field `spare_nodes`",
+            "expected one of",
+        ],
+    );
+    check_bad_input(
+        "missing-binary",
+        &["--garage-bin", "/nonexistent/garage"],
+        &["--garage-bin /nonexistent/garage: no executable file there"],
+    );
+    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = holder.local_addr().unwrap().port();
+    let port_s = port.to_string();
+    check_bad_input(
+        "port-in-use",
+        &["--port-base", &port_s],
+        &[&format!("port {port} (s3 of node n1) is already in use")],
+    );
+    check_bad_input(
+        "remote-endpoint",
+        &["--s3-endpoint", "http://192.0.2.10:9000"],
+        &["192.0.2.10 is not a loopback address", "--allow-remote"],
+    );
+    check_bad_input(
+        "missing-profile",
+        &["--profile", "configs/nope.toml"],
+        &["cannot read profile configs/nope.toml"],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generic_profile_runs_garage_through_hooks_only() {
+    let runs = runs_dir("generic");
+    let mut cluster = Cluster::boot(&options("configs/garage-generic.toml", &runs))
+        .await
+        .unwrap();
+    eprintln!("generic booted in {:?}", cluster.booted_in());
+    assert_eq!(cluster.nodes.len(), 3);
+    assert_eq!(cluster.s3.endpoints.len(), 3);
+    assert_put_get_everywhere(&cluster).await;
+    let commands = std::fs::read_to_string(cluster.commands_log()).unwrap();
+    assert!(commands.contains("bootstrap hook 1"), "{commands}");
+
+    cluster
+        .wait_recovered(Duration::from_secs(120))
+        .await
+        .unwrap();
+    cluster.kill_node("node2").await.unwrap();
+    let text = cluster
+        .wait_recovered(Duration::from_secs(3))
+        .await
+        .unwrap_err()
+        .to_string();
+    eprintln!("{text}");
+    assert!(
+        text.contains("node2: process: exited (killed by SIGKILL)"),
+        "{text}"
+    );
+    assert!(text.contains("recovered hook: exit status 1"), "{text}");
+    cluster.start_node("node2").await.unwrap();
+    let recovery = cluster
+        .wait_recovered(Duration::from_secs(150))
+        .await
+        .unwrap();
+    eprintln!("generic recovered in {:?}", recovery.took);
+
+    let pids = cluster.pids();
+    cluster.shutdown().await.unwrap();
+    drop(cluster);
+    assert_all_gone_within(&pids, Duration::from_secs(1));
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+/// A loopback TCP forwarder standing in for a load balancer in front of
+/// node n1. Its target is read from the run's cluster.json, which exists
+/// once the nodes have started (before the workload endpoints are probed).
+async fn start_forwarder(runs: PathBuf) -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let Some(port) = n1_s3_port(&runs) else {
+                continue;
+            };
+            seen.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    (url, count)
+}
+
+fn n1_s3_port(runs: &Path) -> Option<u16> {
+    let run = std::fs::read_dir(runs).ok()?.flatten().next()?.path();
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).ok()?).ok()?;
+    state["nodes"][0]["ports"]["s3"].as_u64().map(|p| p as u16)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_endpoint_override_sends_the_workload_through_a_proxy() {
+    let runs = runs_dir("override");
+    let (proxy, connections) = start_forwarder(runs.clone()).await;
+    let mut opts = options("configs/garage-3.toml", &runs);
+    opts.s3_endpoints = vec![proxy.clone()];
+    let cluster = Cluster::boot(&opts).await.unwrap();
+    assert_eq!(cluster.s3.endpoints, vec![proxy.clone()]);
+    assert_eq!(
+        cluster.s3.node_endpoints.len(),
+        3,
+        "the nodes stay supervised and probed"
+    );
+    let before = connections.load(Ordering::Relaxed);
+    assert!(before > 0, "boot must probe the override endpoint");
+    assert_put_get_everywhere(&cluster).await;
+    assert!(
+        connections.load(Ordering::Relaxed) > before,
+        "the workload went around the proxy"
+    );
+    cluster.shutdown().await.unwrap();
+}
