@@ -162,24 +162,39 @@ async fn install(args: InstallArgs) -> Result<u8, ClusterError> {
     Ok(exit::PASS)
 }
 
-/// Waits for SIGINT (Ctrl-C) or SIGTERM.
-async fn interrupted() {
-    // Installing a signal handler fails only if the runtime has no signal
-    // driver, and this runtime is built with `enable_all`.
-    let mut int = signal(SignalKind::interrupt()).expect("signal driver is enabled");
-    let mut term = signal(SignalKind::terminate()).expect("signal driver is enabled");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT (Ctrl-C) and SIGTERM, registered once for the whole command:
+/// a signal delivered while no one is waiting is kept for the next wait,
+/// where re-registering per wait would drop it.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn new() -> Interrupts {
+        // Registration fails only if the runtime has no signal driver, and
+        // this runtime is built with `enable_all`.
+        Interrupts {
+            int: signal(SignalKind::interrupt()).expect("signal driver is enabled"),
+            term: signal(SignalKind::terminate()).expect("signal driver is enabled"),
+        }
+    }
+
+    async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
     }
 }
 
 async fn up(args: UpArgs) -> Result<u8, ClusterError> {
+    let mut interrupts = Interrupts::new();
     let opts = args.cluster.boot_options();
     eprintln!("faultline: seed {}", opts.seed);
     let cluster = tokio::select! {
         c = Cluster::boot(&opts) => c?,
-        _ = interrupted() => {
+        _ = interrupts.next() => {
             // Dropping the boot future drops its supervisor, which kills
             // every node started so far.
             eprintln!("faultline: interrupted during boot; nothing is left running");
@@ -191,7 +206,7 @@ async fn up(args: UpArgs) -> Result<u8, ClusterError> {
     let mut reported = std::collections::BTreeSet::new();
     loop {
         tokio::select! {
-            _ = interrupted() => break,
+            _ = interrupts.next() => break,
             _ = watch.tick() => {
                 for node in cluster.nodes.iter().filter(|n| n.pid.is_some()) {
                     if let Ok(Some(crate::cluster::supervisor::ProcState::Exited(status))) = cluster.node_state(&node.name).await
@@ -211,7 +226,7 @@ async fn up(args: UpArgs) -> Result<u8, ClusterError> {
     eprintln!("faultline: stopping the cluster (Ctrl-C again to kill it at once)");
     tokio::select! {
         r = cluster.shutdown() => r?,
-        _ = interrupted() => {
+        _ = interrupts.next() => {
             eprintln!("faultline: killing every node now");
             cluster.kill_all().await?;
         }

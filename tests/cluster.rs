@@ -168,6 +168,22 @@ fn spawn_up(runs: &Path) -> (Child, PathBuf) {
     (child, run_dir.expect("up prints the run directory"))
 }
 
+/// Waits for a child of this test to exit; SIGKILLs it (and fails) at `limit`.
+fn wait_bounded(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("faultline did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn node_pids(run_dir: &Path) -> Vec<u32> {
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run_dir.join("cluster.json")).unwrap())
@@ -371,7 +387,7 @@ fn sigkilled_runner_takes_every_node_down_within_5s() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    child.wait().unwrap();
+    wait_bounded(&mut child, Duration::from_secs(5));
     assert_all_gone_within(&pids, Duration::from_secs(5));
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
 }
