@@ -566,3 +566,28 @@ async fn s3_endpoint_override_sends_the_workload_through_a_proxy() {
     );
     cluster.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garage5_boots_five_nodes_with_three_replicas() {
+    let runs = runs_dir("garage5");
+    let cluster = Cluster::boot(&options("configs/garage-5.toml", &runs))
+        .await
+        .unwrap();
+    assert_eq!(cluster.pids().len(), 5);
+    assert_eq!(cluster.s3.endpoints.len(), 5);
+    assert_put_get_everywhere(&cluster).await;
+    cluster
+        .wait_recovered(Duration::from_secs(120))
+        .await
+        .unwrap();
+    let garage_toml =
+        std::fs::read_to_string(cluster.run_dir().join("nodes/n5/garage.toml")).unwrap();
+    assert!(
+        garage_toml.contains("replication_factor = 3"),
+        "{garage_toml}"
+    );
+    let pids = cluster.pids();
+    cluster.shutdown().await.unwrap();
+    drop(cluster);
+    assert_all_gone_within(&pids, Duration::from_secs(1));
+}

@@ -57,6 +57,19 @@ pub async fn ensure_binary(
     version: &str,
     name: &str,
 ) -> Result<PathBuf, ProvisionError> {
+    // Under `cargo run`, $CARGO is the cargo that launched us.
+    let cargo = std::env::var_os("CARGO").map_or_else(|| PathBuf::from("cargo"), PathBuf::from);
+    ensure_binary_with(&cargo, cache, krate, version, name).await
+}
+
+/// `ensure_binary` with an explicit cargo program (tests use a fake one).
+pub async fn ensure_binary_with(
+    cargo: &Path,
+    cache: &Path,
+    krate: &str,
+    version: &str,
+    name: &str,
+) -> Result<PathBuf, ProvisionError> {
     let bin = cached_binary(cache, krate, version, name);
     if is_executable(&bin) {
         return Ok(bin);
@@ -76,18 +89,28 @@ pub async fn ensure_binary(
             path: lock_path.clone(),
             source,
         })?;
-    eprintln!(
-        "faultline: waiting for the install lock {}",
-        lock_path.display()
-    );
     // Another run may be building the same version: wait for it (on a
     // blocking thread) rather than build twice into one directory.
-    let lp = lock_path.clone();
-    let _lock =
-        tokio::task::spawn_blocking(move || Flock::lock(lock_file, FlockArg::LockExclusive))
-            .await
-            .expect("the lock task does not panic")
-            .map_err(|(_, source)| ProvisionError::Lock { path: lp, source })?;
+    let _lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => lock,
+        Err((file, nix::Error::EWOULDBLOCK)) => {
+            eprintln!(
+                "faultline: another run is installing {krate} {version}; waiting for {}",
+                lock_path.display()
+            );
+            let lp = lock_path.clone();
+            tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+                .await
+                .expect("the lock task does not panic")
+                .map_err(|(_, source)| ProvisionError::Lock { path: lp, source })?
+        }
+        Err((_, source)) => {
+            return Err(ProvisionError::Lock {
+                path: lock_path,
+                source,
+            });
+        }
+    };
     if is_executable(&bin) {
         return Ok(bin);
     }
@@ -103,7 +126,7 @@ pub async fn ensure_binary(
     );
     eprintln!("faultline:   {command}");
     let started = Instant::now();
-    let status = tokio::process::Command::new("cargo")
+    let status = tokio::process::Command::new(cargo)
         .args(["install", "--locked", krate, "--version", version, "--root"])
         .arg(&root)
         .env("CARGO_TARGET_DIR", &target)
@@ -137,4 +160,79 @@ pub async fn ensure_binary(
 pub fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn executable(path: &Path, script: &str) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, script).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A stand-in for cargo that records each call, takes a while, and
+    /// installs a binary where `--root` says.
+    fn fake_cargo(dir: &Path) -> PathBuf {
+        let path = dir.join("fake-cargo");
+        let calls = dir.join("calls");
+        let script = format!(
+            "#!/bin/sh\necho \"$@\" >> {}\nsleep 0.5\n\
+             while [ \"$1\" != --root ]; do shift; done\n\
+             mkdir -p \"$2/bin\" && echo '#!/bin/sh' > \"$2/bin/tool\" && chmod +x \"$2/bin/tool\"\n",
+            calls.display()
+        );
+        executable(&path, &script);
+        path
+    }
+
+    #[tokio::test]
+    async fn two_runs_starting_at_once_install_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let cargo = fake_cargo(dir.path());
+        let cache = dir.path().join("cache");
+        let a = ensure_binary_with(&cargo, &cache, "tool", "1.2.3", "tool");
+        let b = ensure_binary_with(&cargo, &cache, "tool", "1.2.3", "tool");
+        let (a, b) = tokio::join!(a, b);
+        let expected = cache.join("tool/1.2.3/bin/tool");
+        assert_eq!(a.unwrap(), expected);
+        assert_eq!(b.unwrap(), expected);
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        assert_eq!(calls.lines().count(), 1, "{calls}");
+        assert!(
+            calls.starts_with("install --locked tool --version 1.2.3 --root "),
+            "{calls}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_installed_binary_is_used_without_running_cargo() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = cached_binary(dir.path(), "tool", "1.0.0", "tool");
+        executable(&bin, "#!/bin/sh\n");
+        let got = ensure_binary_with(
+            Path::new("/nonexistent/cargo"),
+            dir.path(),
+            "tool",
+            "1.0.0",
+            "tool",
+        )
+        .await;
+        assert_eq!(got.unwrap(), bin);
+    }
+
+    #[tokio::test]
+    async fn a_failed_install_names_the_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = ensure_binary_with(Path::new("/bin/false"), dir.path(), "tool", "1.0.0", "tool")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cargo install --locked tool --version 1.0.0"),
+            "{err}"
+        );
+    }
 }
