@@ -7,6 +7,7 @@ pub mod cli;
 pub mod cluster;
 pub mod exit;
 pub mod faults;
+pub mod history;
 pub mod ledger;
 pub mod oracle;
 pub mod s3;

@@ -1,5 +1,611 @@
-//! The ledger: the run's SQLite file holding every operation, every
-//! acknowledged write, every fault and every finding. Only this module
-//! touches SQLite.
+//! The ledger: the run's SQLite file holding every operation, every write
+//! version, the per-key object accounting, faults, findings and metrics
+//! snapshots. Only this module touches SQLite.
 //!
-//! Not built yet: issue 3 ("Workload and ledger") delivers it.
+//! One thread owns the write connection. Producers send records over a
+//! bounded channel (so a slow disk slows the workload instead of growing
+//! memory); the thread writes whatever has queued up in one transaction,
+//! so the commit rate adapts to the load. WAL mode means a runner killed
+//! mid-run leaves every committed batch readable, and readers (reports,
+//! `query`) never block the writer.
+//!
+//! The schema is versioned with `PRAGMA user_version`; see `SCHEMA` for the
+//! tables and views, which are documented in ARCHITECTURE.md too.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, params};
+
+use crate::history::{ErrorClass, OpKind, Outcome};
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Records queued for the writer before producers wait.
+const QUEUE_MAX: usize = 16_384;
+/// Records written in one transaction at most.
+const BATCH_MAX: usize = 8_192;
+
+const SCHEMA: &str = r#"
+-- Key/value facts about the run: seed, profile, versions, command line.
+CREATE TABLE run_meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+-- Every operation attempt, one row each (oracle.md section 1).
+-- Times are nanoseconds since run start from one monotonic clock.
+CREATE TABLE ops (
+    id           INTEGER PRIMARY KEY,
+    worker       INTEGER NOT NULL,
+    kind         TEXT NOT NULL,     -- put overwrite multipart delete get head range list
+    key          TEXT,              -- NULL for list
+    generation   INTEGER,           -- writes: generation written; reads: generation seen (NULL: absent or none)
+    range_header TEXT,              -- Range GET: the header sent, e.g. 'bytes=-100'
+    range_start  INTEGER,           -- Range GET: first byte returned (from Content-Range)
+    range_end    INTEGER,           -- Range GET: last byte returned, inclusive
+    t_invoke_ns  INTEGER NOT NULL,
+    t_return_ns  INTEGER NOT NULL,
+    outcome      TEXT NOT NULL CHECK (outcome IN ('ok', 'fail', 'ambiguous', 'unavailable')),
+    http_status  INTEGER,
+    error_class  TEXT,              -- not_sent timeout transport truncated server_error client_error
+    bytes        INTEGER NOT NULL,  -- body bytes sent (writes) or received (reads)
+    size         INTEGER,           -- writes: object size; reads: object size the server reported
+    sha256       BLOB,              -- writes: of the body sent; reads: of the body received
+    etag         TEXT,
+    endpoint     INTEGER NOT NULL,  -- index into run_meta 'endpoints'
+    detail       TEXT               -- list: JSON page summary; errors: message
+);
+CREATE INDEX ops_by_key ON ops (key, t_invoke_ns);
+CREATE INDEX ops_by_time ON ops (t_invoke_ns);
+
+-- Every write a key went through, acknowledged or not (oracle.md section 2).
+CREATE TABLE versions (
+    key        TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    deleted    INTEGER NOT NULL,    -- 1: a DELETE
+    size       INTEGER NOT NULL,
+    sha256     BLOB,
+    op_id      INTEGER NOT NULL,
+    outcome    TEXT NOT NULL,
+    PRIMARY KEY (key, generation)
+);
+
+-- Per-key accounting, updated as writes return and reads observe.
+CREATE TABLE objects (
+    key                TEXT PRIMARY KEY,
+    owner              INTEGER NOT NULL,  -- the worker that writes it
+    state              TEXT NOT NULL,     -- present absent uncertain
+    acked_generation   INTEGER,           -- last write with outcome ok
+    candidates         TEXT NOT NULL,     -- JSON array: generations that may still be visible
+    visible_generation INTEGER,           -- last generation a read saw
+    size               INTEGER,
+    sha256             BLOB
+);
+
+CREATE TABLE faults (
+    id            INTEGER PRIMARY KEY,
+    kind          TEXT NOT NULL,
+    target        TEXT NOT NULL,
+    t_start_ns    INTEGER NOT NULL,
+    t_confirm_ns  INTEGER,
+    t_end_ns      INTEGER,
+    t_recovered_ns INTEGER,
+    recovery_ms   INTEGER,
+    gate          TEXT               -- JSON: gate details
+);
+
+CREATE TABLE findings (
+    id        INTEGER PRIMARY KEY,
+    class     TEXT NOT NULL,
+    key       TEXT,
+    op_id     INTEGER,
+    fault_id  INTEGER,
+    t_ns      INTEGER NOT NULL,
+    expected  TEXT NOT NULL,
+    seen      TEXT NOT NULL,
+    witness   TEXT NOT NULL          -- JSON
+);
+
+-- Periodic snapshots: ops/s, errors, live objects and bytes, runner RSS.
+CREATE TABLE metrics (
+    t_ns  INTEGER NOT NULL,
+    name  TEXT NOT NULL,
+    value REAL NOT NULL,
+    PRIMARY KEY (t_ns, name)
+);
+
+CREATE VIEW ops_per_minute AS
+    SELECT t_invoke_ns / 60000000000 AS minute, kind, outcome, count(*) AS ops
+    FROM ops GROUP BY minute, kind, outcome;
+
+CREATE VIEW latency_percentiles AS
+    WITH ranked AS (
+        SELECT kind, (t_return_ns - t_invoke_ns) / 1e6 AS ms,
+               row_number() OVER (PARTITION BY kind ORDER BY t_return_ns - t_invoke_ns) AS rn,
+               count(*) OVER (PARTITION BY kind) AS n
+        FROM ops WHERE outcome = 'ok'
+    )
+    SELECT kind, max(n) AS ops,
+           max(CASE WHEN rn = max(1, CAST(round(0.50 * n) AS INTEGER)) THEN ms END) AS p50_ms,
+           max(CASE WHEN rn = max(1, CAST(round(0.90 * n) AS INTEGER)) THEN ms END) AS p90_ms,
+           max(CASE WHEN rn = max(1, CAST(round(0.99 * n) AS INTEGER)) THEN ms END) AS p99_ms,
+           max(ms) AS max_ms
+    FROM ranked GROUP BY kind;
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    #[error("ledger {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error(
+        "ledger {path} has schema version {found}, this faultline reads version {SCHEMA_VERSION}"
+    )]
+    Version { path: PathBuf, found: i64 },
+    #[error("the ledger writer thread stopped: {0}")]
+    WriterGone(String),
+}
+
+/// One operation, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpRecord {
+    pub id: u64,
+    pub worker: u32,
+    pub kind: OpKind,
+    pub key: Option<String>,
+    pub generation: Option<u64>,
+    pub range_header: Option<String>,
+    pub range: Option<(u64, u64)>,
+    pub t_invoke_ns: u64,
+    pub t_return_ns: u64,
+    pub outcome: Outcome,
+    pub http_status: Option<u16>,
+    pub error_class: Option<ErrorClass>,
+    pub bytes: u64,
+    pub size: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+    pub etag: Option<String>,
+    pub endpoint: u32,
+    pub detail: Option<String>,
+}
+
+/// One write of a key (a PUT generation or a DELETE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct VersionRecord {
+    pub key: String,
+    pub generation: u64,
+    pub deleted: bool,
+    pub size: u64,
+    pub sha256: Option<[u8; 32]>,
+    pub op_id: u64,
+    pub outcome: Outcome,
+}
+
+/// The accounting row of one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ObjectRecord {
+    pub key: String,
+    pub owner: u32,
+    pub state: &'static str,
+    pub acked_generation: Option<u64>,
+    pub candidates: Vec<u64>,
+    pub visible_generation: Option<u64>,
+    pub size: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+}
+
+pub enum Record {
+    Op(Box<OpRecord>),
+    Version(VersionRecord),
+    Object(Box<ObjectRecord>),
+    Metric {
+        t_ns: u64,
+        name: String,
+        value: f64,
+    },
+    Meta {
+        key: String,
+        value: String,
+    },
+    /// Answered once everything sent before it is committed.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// The producers' handle. Cheap to clone; the writer stops when the last
+/// clone is dropped (after committing what was queued).
+#[derive(Clone)]
+pub struct Ledger {
+    tx: mpsc::SyncSender<Record>,
+    path: PathBuf,
+}
+
+/// Joins the writer thread; keep it until the run's end.
+pub struct LedgerWriter {
+    thread: JoinHandle<Result<u64, LedgerError>>,
+}
+
+impl LedgerWriter {
+    /// Waits for the writer to commit everything and exit (all `Ledger`
+    /// handles must be dropped first). Returns how many records it wrote.
+    pub fn finish(self) -> Result<u64, LedgerError> {
+        self.thread
+            .join()
+            .map_err(|_| LedgerError::WriterGone("the writer thread panicked".into()))?
+    }
+}
+
+fn sql_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> LedgerError + '_ {
+    move |source| LedgerError::Sqlite {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl Ledger {
+    /// Creates a new ledger file with the current schema and starts its
+    /// writer thread.
+    pub fn create(path: &Path) -> Result<(Ledger, LedgerWriter), LedgerError> {
+        let conn = Connection::open(path).map_err(sql_err(path))?;
+        conn.pragma_update(None, "journal_mode", "wal")
+            .map_err(sql_err(path))?;
+        // NORMAL in WAL mode: a committed batch survives a process crash;
+        // only a power loss may drop the last batches.
+        conn.pragma_update(None, "synchronous", "normal")
+            .map_err(sql_err(path))?;
+        conn.execute_batch(SCHEMA).map_err(sql_err(path))?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql_err(path))?;
+        let (tx, rx) = mpsc::sync_channel(QUEUE_MAX);
+        let thread_path = path.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("faultline-ledger".into())
+            .spawn(move || write_loop(conn, rx, &thread_path))
+            .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
+        Ok((
+            Ledger {
+                tx,
+                path: path.to_path_buf(),
+            },
+            LedgerWriter { thread },
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Queues a record; blocks while the queue is full.
+    pub fn send(&self, record: Record) -> Result<(), LedgerError> {
+        self.tx
+            .send(record)
+            .map_err(|_| LedgerError::WriterGone("channel closed".into()))
+    }
+
+    /// Waits until everything sent so far is committed (bounded).
+    pub fn flush(&self) -> Result<(), LedgerError> {
+        let (done, wait) = mpsc::sync_channel(1);
+        self.send(Record::Flush(done))?;
+        wait.recv_timeout(Duration::from_secs(60))
+            .map_err(|_| LedgerError::WriterGone("no flush acknowledgement within 60 s".into()))
+    }
+}
+
+fn write_loop(
+    mut conn: Connection,
+    rx: mpsc::Receiver<Record>,
+    path: &Path,
+) -> Result<u64, LedgerError> {
+    let mut written = 0u64;
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while let Ok(first) = rx.recv() {
+        batch.push(first);
+        while batch.len() < BATCH_MAX {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut flushes = Vec::new();
+        let tx = conn.transaction().map_err(sql_err(path))?;
+        for record in batch.drain(..) {
+            match record {
+                Record::Flush(done) => flushes.push(done),
+                other => {
+                    write_record(&tx, &other).map_err(sql_err(path))?;
+                    written += 1;
+                }
+            }
+        }
+        tx.commit().map_err(sql_err(path))?;
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+    // Fold the WAL back into the main file so the ledger is one file again.
+    let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
+    Ok(written)
+}
+
+fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Result<()> {
+    match record {
+        Record::Op(op) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO ops (id, worker, kind, key, generation, range_header, range_start, range_end,
+                                  t_invoke_ns, t_return_ns, outcome, http_status, error_class, bytes, size,
+                                  sha256, etag, endpoint, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+            )?;
+            stmt.execute(params![
+                op.id as i64,
+                op.worker,
+                op.kind.as_str(),
+                op.key,
+                op.generation.map(|g| g as i64),
+                op.range_header,
+                op.range.map(|r| r.0 as i64),
+                op.range.map(|r| r.1 as i64),
+                op.t_invoke_ns as i64,
+                op.t_return_ns as i64,
+                op.outcome.as_str(),
+                op.http_status,
+                op.error_class.map(ErrorClass::as_str),
+                op.bytes as i64,
+                op.size.map(|s| s as i64),
+                op.sha256.as_ref().map(|s| &s[..]),
+                op.etag,
+                op.endpoint,
+                op.detail,
+            ])?;
+        }
+        Record::Version(v) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO versions (key, generation, deleted, size, sha256, op_id, outcome)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            stmt.execute(params![
+                v.key,
+                v.generation as i64,
+                v.deleted,
+                v.size as i64,
+                v.sha256.as_ref().map(|s| &s[..]),
+                v.op_id as i64,
+                v.outcome.as_str(),
+            ])?;
+        }
+        Record::Object(o) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO objects (key, owner, state, acked_generation, candidates,
+                                                 visible_generation, size, sha256)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            let candidates =
+                serde_json::to_string(&o.candidates).expect("a list of integers serialises");
+            stmt.execute(params![
+                o.key,
+                o.owner,
+                o.state,
+                o.acked_generation.map(|g| g as i64),
+                candidates,
+                o.visible_generation.map(|g| g as i64),
+                o.size.map(|s| s as i64),
+                o.sha256.as_ref().map(|s| &s[..]),
+            ])?;
+        }
+        Record::Metric { t_ns, name, value } => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO metrics (t_ns, name, value) VALUES (?1, ?2, ?3)",
+            )?;
+            stmt.execute(params![*t_ns as i64, name, value])?;
+        }
+        Record::Meta { key, value } => {
+            let mut stmt =
+                tx.prepare_cached("INSERT OR REPLACE INTO run_meta (key, value) VALUES (?1, ?2)")?;
+            stmt.execute(params![key, value])?;
+        }
+        Record::Flush(_) => {}
+    }
+    Ok(())
+}
+
+/// A read-only view of a ledger, for reports, verification and queries.
+pub struct LedgerReader {
+    conn: Connection,
+    path: PathBuf,
+}
+
+impl LedgerReader {
+    pub fn open(path: &Path) -> Result<LedgerReader, LedgerError> {
+        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(sql_err(path))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql_err(path))?;
+        if version != SCHEMA_VERSION {
+            return Err(LedgerError::Version {
+                path: path.to_path_buf(),
+                found: version,
+            });
+        }
+        Ok(LedgerReader {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT value FROM run_meta WHERE key = ?1")
+            .map_err(sql_err(&self.path))?;
+        let mut rows = stmt.query([key]).map_err(sql_err(&self.path))?;
+        match rows.next().map_err(sql_err(&self.path))? {
+            Some(row) => Ok(Some(row.get(0).map_err(sql_err(&self.path))?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Counts rows matching a fixed query, for summaries and tests.
+    pub fn count(&self, sql: &str) -> Result<i64, LedgerError> {
+        self.conn
+            .query_row(sql, [], |r| r.get(0))
+            .map_err(sql_err(&self.path))
+    }
+
+    /// Every operation, in id order.
+    pub fn ops(&self) -> Result<Vec<OpRecord>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT id, worker, kind, key, generation, range_header, range_start, range_end, t_invoke_ns,
+                        t_return_ns, outcome, http_status, error_class, bytes, size, sha256, etag, endpoint, detail
+                 FROM ops ORDER BY id",
+            )
+            .map_err(sql_err(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                let kind: String = r.get(2)?;
+                let outcome: String = r.get(10)?;
+                let class: Option<String> = r.get(12)?;
+                let sha: Option<Vec<u8>> = r.get(15)?;
+                let start: Option<i64> = r.get(6)?;
+                let end: Option<i64> = r.get(7)?;
+                Ok(OpRecord {
+                    id: r.get::<_, i64>(0)? as u64,
+                    worker: r.get(1)?,
+                    kind: OpKind::parse(&kind).unwrap_or(OpKind::Get),
+                    key: r.get(3)?,
+                    generation: r.get::<_, Option<i64>>(4)?.map(|g| g as u64),
+                    range_header: r.get(5)?,
+                    range: start.zip(end).map(|(s, e)| (s as u64, e as u64)),
+                    t_invoke_ns: r.get::<_, i64>(8)? as u64,
+                    t_return_ns: r.get::<_, i64>(9)? as u64,
+                    outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Unavailable),
+                    http_status: r.get(11)?,
+                    error_class: class.as_deref().and_then(parse_class),
+                    bytes: r.get::<_, i64>(13)? as u64,
+                    size: r.get::<_, Option<i64>>(14)?.map(|s| s as u64),
+                    sha256: sha.and_then(|s| s.try_into().ok()),
+                    etag: r.get(16)?,
+                    endpoint: r.get(17)?,
+                    detail: r.get(18)?,
+                })
+            })
+            .map_err(sql_err(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
+    }
+}
+
+fn parse_class(s: &str) -> Option<ErrorClass> {
+    use ErrorClass::*;
+    [
+        NotSent,
+        Timeout,
+        Transport,
+        Truncated,
+        ServerError,
+        ClientError,
+    ]
+    .into_iter()
+    .find(|c| c.as_str() == s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(id: u64, kind: OpKind, outcome: Outcome, latency_ns: u64) -> OpRecord {
+        OpRecord {
+            id,
+            worker: (id % 3) as u32,
+            kind,
+            key: Some(format!("k{}", id % 10)),
+            generation: Some(id),
+            range_header: None,
+            range: None,
+            t_invoke_ns: id * 1_000,
+            t_return_ns: id * 1_000 + latency_ns,
+            outcome,
+            http_status: Some(200),
+            error_class: None,
+            bytes: 10,
+            size: Some(10),
+            sha256: Some([id as u8; 32]),
+            etag: Some("\"e\"".into()),
+            endpoint: 0,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_and_views_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let (ledger, writer) = Ledger::create(&path).unwrap();
+        ledger
+            .send(Record::Meta {
+                key: "seed".into(),
+                value: "42".into(),
+            })
+            .unwrap();
+        let mut sent = Vec::new();
+        for id in 1..=1000 {
+            let mut o = op(
+                id,
+                OpKind::ALL[id as usize % 8],
+                Outcome::Ok,
+                id * 1_000_000,
+            );
+            if id == 7 {
+                o.outcome = Outcome::Ambiguous;
+                o.error_class = Some(ErrorClass::Timeout);
+                o.range = Some((0, 9));
+                o.range_header = Some("bytes=-10".into());
+            }
+            ledger.send(Record::Op(Box::new(o.clone()))).unwrap();
+            sent.push(o);
+        }
+        ledger.flush().unwrap();
+        // Readable while the writer still runs.
+        let reader = LedgerReader::open(&path).unwrap();
+        assert_eq!(reader.ops().unwrap(), sent);
+        assert_eq!(reader.meta("seed").unwrap().as_deref(), Some("42"));
+        let kinds = reader
+            .count("SELECT count(*) FROM latency_percentiles")
+            .unwrap();
+        assert_eq!(kinds, 8);
+        let p50: f64 = reader
+            .connection()
+            .query_row(
+                "SELECT p50_ms FROM latency_percentiles WHERE kind = 'get'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(p50 > 100.0 && p50 < 900.0, "{p50}");
+        let per_minute = reader.count("SELECT sum(ops) FROM ops_per_minute").unwrap();
+        assert_eq!(per_minute, 1000);
+        drop(ledger);
+        assert_eq!(writer.finish().unwrap(), 1001);
+    }
+
+    #[test]
+    fn a_ledger_of_another_schema_version_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.sqlite");
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        let err = LedgerReader::open(&path).err().unwrap().to_string();
+        assert!(err.contains("schema version 99"), "{err}");
+    }
+}

@@ -1,0 +1,231 @@
+//! The history vocabulary shared by the workload (which produces it), the
+//! ledger (which stores it) and the oracle (which judges it), as defined in
+//! `shared/design/oracle.md` §1.
+
+use serde::{Deserialize, Serialize};
+
+/// What an operation did, as the oracle sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// The server answered meaningfully (2xx; a 404 for a read is `Ok`: an
+    /// observation of "absent").
+    Ok,
+    /// Certainly had no effect: no request byte left the runner, or a 4xx
+    /// other than 404, 408 and 429.
+    Fail,
+    /// A write that may or may not have taken effect, now or later.
+    Ambiguous,
+    /// A read that observed nothing (the same conditions as `Ambiguous`).
+    Unavailable,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Fail => "fail",
+            Outcome::Ambiguous => "ambiguous",
+            Outcome::Unavailable => "unavailable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Some(match s {
+            "ok" => Outcome::Ok,
+            "fail" => Outcome::Fail,
+            "ambiguous" => Outcome::Ambiguous,
+            "unavailable" => Outcome::Unavailable,
+            _ => return None,
+        })
+    }
+}
+
+/// The kinds of operation the workload issues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OpKind {
+    /// PUT of a key with no earlier write.
+    Put,
+    /// PUT of a key written before.
+    Overwrite,
+    /// Multipart upload (create, parts, complete) of a large object.
+    Multipart,
+    Delete,
+    Get,
+    Head,
+    Range,
+    /// One page of ListObjectsV2.
+    List,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 8] = [
+        OpKind::Put,
+        OpKind::Overwrite,
+        OpKind::Multipart,
+        OpKind::Delete,
+        OpKind::Get,
+        OpKind::Head,
+        OpKind::Range,
+        OpKind::List,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OpKind::Put => "put",
+            OpKind::Overwrite => "overwrite",
+            OpKind::Multipart => "multipart",
+            OpKind::Delete => "delete",
+            OpKind::Get => "get",
+            OpKind::Head => "head",
+            OpKind::Range => "range",
+            OpKind::List => "list",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OpKind> {
+        OpKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+
+    pub fn is_write(self) -> bool {
+        matches!(
+            self,
+            OpKind::Put | OpKind::Overwrite | OpKind::Multipart | OpKind::Delete
+        )
+    }
+
+    /// The outcome for a request whose effect is uncertain: `Ambiguous` for
+    /// writes, `Unavailable` for reads.
+    pub fn uncertain(self) -> Outcome {
+        if self.is_write() {
+            Outcome::Ambiguous
+        } else {
+            Outcome::Unavailable
+        }
+    }
+}
+
+/// Why an operation did not get a meaningful answer, finer than `Outcome`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// Connection refused or never established: no byte was sent.
+    NotSent,
+    /// Sent, then no answer before the first-byte or total deadline.
+    Timeout,
+    /// Sent, then the connection broke (reset, broken pipe, early close).
+    Transport,
+    /// The body ended before its Content-Length.
+    Truncated,
+    /// 5xx, 408 or 429.
+    ServerError,
+    /// 4xx other than 404, 408 and 429.
+    ClientError,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::NotSent => "not_sent",
+            ErrorClass::Timeout => "timeout",
+            ErrorClass::Transport => "transport",
+            ErrorClass::Truncated => "truncated",
+            ErrorClass::ServerError => "server_error",
+            ErrorClass::ClientError => "client_error",
+        }
+    }
+}
+
+/// Classifies an HTTP status for an operation of `kind` (oracle.md §1).
+pub fn classify_status(kind: OpKind, status: u16) -> (Outcome, Option<ErrorClass>) {
+    match status {
+        200..=299 => (Outcome::Ok, None),
+        404 if !kind.is_write() => (Outcome::Ok, None),
+        408 | 429 | 500..=599 => (kind.uncertain(), Some(ErrorClass::ServerError)),
+        400..=499 => (Outcome::Fail, Some(ErrorClass::ClientError)),
+        // 1xx/3xx are not answers S3 gives; nothing certain can be said.
+        _ => (kind.uncertain(), Some(ErrorClass::ServerError)),
+    }
+}
+
+/// Classifies a request that got no complete answer.
+pub fn classify_error(kind: OpKind, class: ErrorClass) -> Outcome {
+    match class {
+        ErrorClass::NotSent => Outcome::Fail,
+        _ => kind.uncertain(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_as_the_oracle_contract_says() {
+        use ErrorClass::*;
+        use OpKind::*;
+        use Outcome::*;
+        let rows = [
+            (Put, 200, Ok, None),
+            (Delete, 204, Ok, None),
+            (Get, 404, Ok, None),
+            (Head, 404, Ok, None),
+            (Delete, 404, Fail, Some(ClientError)),
+            (Put, 403, Fail, Some(ClientError)),
+            (Get, 403, Fail, Some(ClientError)),
+            (Put, 408, Ambiguous, Some(ServerError)),
+            (Put, 429, Ambiguous, Some(ServerError)),
+            (Put, 500, Ambiguous, Some(ServerError)),
+            (Put, 503, Ambiguous, Some(ServerError)),
+            (Get, 503, Unavailable, Some(ServerError)),
+            (Range, 500, Unavailable, Some(ServerError)),
+        ];
+        for (kind, status, outcome, class) in rows {
+            assert_eq!(
+                classify_status(kind, status),
+                (outcome, class),
+                "{kind:?} {status}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_unsent_requests_certainly_failed() {
+        assert_eq!(
+            classify_error(OpKind::Put, ErrorClass::NotSent),
+            Outcome::Fail
+        );
+        assert_eq!(
+            classify_error(OpKind::Put, ErrorClass::Timeout),
+            Outcome::Ambiguous
+        );
+        assert_eq!(
+            classify_error(OpKind::Delete, ErrorClass::Transport),
+            Outcome::Ambiguous
+        );
+        assert_eq!(
+            classify_error(OpKind::Get, ErrorClass::Truncated),
+            Outcome::Unavailable
+        );
+        assert_eq!(
+            classify_error(OpKind::Get, ErrorClass::NotSent),
+            Outcome::Fail
+        );
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for k in OpKind::ALL {
+            assert_eq!(OpKind::parse(k.as_str()), Some(k));
+        }
+        for o in [
+            Outcome::Ok,
+            Outcome::Fail,
+            Outcome::Ambiguous,
+            Outcome::Unavailable,
+        ] {
+            assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}
