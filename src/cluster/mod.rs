@@ -33,7 +33,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::s3::{S3Client, S3Config, S3Error, Timeouts as S3Timeouts};
+use crate::s3::{S3Client, S3Config, Timeouts as S3Timeouts};
 use profile::{Kind, PortBase, Profile, ProfileError};
 use supervisor::{ProcState, SpawnSpec, Supervisor, SupervisorError, describe_exit};
 
@@ -633,27 +633,28 @@ impl Cluster {
     }
 
     /// Writes a small object through `endpoint` and reads it back.
-    pub async fn probe(&self, endpoint: &str) -> Result<(), S3Error> {
+    pub async fn probe(&self, endpoint: &str) -> Result<(), String> {
         let timeouts = S3Timeouts {
             connect: Duration::from_secs(2),
+            first_byte: Duration::from_secs(5),
             total: Duration::from_secs(5),
         };
         let client = self.s3.client(endpoint, timeouts);
         let key = format!("{PROBE_PREFIX}{}", sanitize(endpoint));
         let body = format!("faultline probe {}", utc_now()).into_bytes();
-        client.put_object(&key, body.clone()).await?;
-        let got = client.get_object(&key).await?;
+        client
+            .put_object(&key, body.clone())
+            .await
+            .map_err(|e| format!("PUT: {e}"))?;
+        let got = client
+            .get_object(&key)
+            .await
+            .map_err(|e| format!("GET: {e}"))?;
         if got.status.as_u16() == 404 {
-            return Err(S3Error::Status {
-                status: 404,
-                body: "probe object written but not found".into(),
-            });
+            return Err("probe object written but GET answered 404".into());
         }
         if got.body != body {
-            return Err(S3Error::Status {
-                status: got.status.as_u16(),
-                body: "probe object read back with other bytes".into(),
-            });
+            return Err("probe object read back with other bytes".into());
         }
         Ok(())
     }
