@@ -10,6 +10,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cluster::profile::Profile;
 use crate::cluster::{BootOptions, Cluster, ClusterError, provision};
 use crate::exit;
+use crate::history::{OpKind, Outcome};
+use crate::ledger::{Ledger, Record};
+use crate::workload::Workload;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,8 +30,29 @@ pub enum Command {
     /// Boot a cluster from a profile, print how to reach it, and keep it
     /// running until Ctrl-C, then tear it down.
     Up(UpArgs),
+    /// Boot a cluster and drive it with the seeded workload for a while,
+    /// recording every operation in the run's ledger.sqlite.
+    Soak(SoakArgs),
     /// Install the binary a profile needs into the cache, without booting.
     Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SoakArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// How long to run the workload, e.g. 90s, 10m, 4h.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Concurrent workers [default: the profile's, else 24].
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Operation mix as weights, e.g. write=35,delete=8,get=20,head=12,range=17,list=8.
+    #[arg(long)]
+    pub mix: Option<String>,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10)]
+    pub progress_every_s: u64,
 }
 
 #[derive(Debug, Args)]
@@ -109,6 +133,7 @@ pub fn run(cli: Cli) -> u8 {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Up(args) => up(args).await,
+            Command::Soak(args) => soak(args).await,
             Command::Install(args) => install(args).await,
         }
     });
@@ -286,4 +311,256 @@ fn print_ready(cluster: &Cluster) {
         s3.bucket
     );
     println!("Ctrl-C stops the cluster and tears it down.");
+}
+
+async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
+    let mut interrupts = Interrupts::new();
+    let opts = args.cluster.boot_options();
+    let mut profile = Profile::load(&opts.profile)?;
+    if let Some(w) = args.workers {
+        if w == 0 {
+            return Err(ClusterError::Config("--workers must be at least 1".into()));
+        }
+        profile.workload.workers = w;
+    }
+    if let Some(mix) = &args.mix {
+        profile.workload.mix =
+            crate::workload::plan::Mix::parse(mix).map_err(ClusterError::Config)?;
+    }
+    eprintln!("faultline: seed {}", opts.seed);
+    let cluster = tokio::select! {
+        c = Cluster::boot(&opts) => c?,
+        _ = interrupts.next() => {
+            eprintln!("faultline: interrupted during boot; nothing is left running");
+            return Ok(exit::INFRA);
+        }
+    };
+    eprintln!(
+        "faultline: {} ready in {:.1} s; run directory {}",
+        cluster.profile.name,
+        cluster.booted_in().as_secs_f64(),
+        cluster.run_dir().display()
+    );
+    let ledger_path = cluster.run_dir().join("ledger.sqlite");
+    let ledger_err = |e: crate::ledger::LedgerError| ClusterError::Config(e.to_string());
+    let (ledger, writer) = Ledger::create(&ledger_path).map_err(ledger_err)?;
+    let run_name = cluster
+        .run_dir()
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!("faultline/{run_name}/");
+    let cfg = profile.workload.clone();
+    let meta = [
+        ("seed", opts.seed.to_string()),
+        ("profile", cluster.profile.name.clone()),
+        ("profile_path", opts.profile.display().to_string()),
+        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "store_version",
+            cluster
+                .profile
+                .garage
+                .as_ref()
+                .map(|g| g.version.clone())
+                .unwrap_or_default(),
+        ),
+        (
+            "command_line",
+            std::env::args().collect::<Vec<_>>().join(" "),
+        ),
+        ("prefix", prefix.clone()),
+        (
+            "endpoints",
+            serde_json::to_string(&cluster.s3.endpoints).unwrap_or_default(),
+        ),
+        ("workload", serde_json::to_string(&cfg).unwrap_or_default()),
+        ("started_at", crate::cluster::utc_now()),
+        ("duration_ms", args.duration.as_millis().to_string()),
+    ];
+    for (key, value) in meta {
+        ledger
+            .send(Record::Meta {
+                key: key.into(),
+                value,
+            })
+            .map_err(ledger_err)?;
+    }
+    let timeouts = Workload::s3_timeouts(&cfg);
+    let clients = cluster
+        .s3
+        .endpoints
+        .iter()
+        .map(|ep| cluster.s3.client(ep, timeouts))
+        .collect();
+    let clock = std::time::Instant::now();
+    let workload = Workload::new(
+        cfg.clone(),
+        opts.seed,
+        prefix,
+        clients,
+        ledger.clone(),
+        clock,
+    );
+    let stats = workload.stats.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut running = tokio::spawn(workload.run(stop_rx));
+    let deadline = tokio::time::sleep(args.duration);
+    tokio::pin!(deadline);
+    let mut progress = tokio::time::interval(Duration::from_secs(args.progress_every_s.max(1)));
+    let mut snapshot = tokio::time::interval(Duration::from_secs(5));
+    let mut last_total = 0u64;
+    let mut interrupted = false;
+    let mut finished_early = None;
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = interrupts.next() => { interrupted = true; break; }
+            r = &mut running => { finished_early = Some(r); break; }
+            _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
+            _ = progress.tick() => {
+                let total = stats.total();
+                eprintln!(
+                    "faultline: {:>6.0} s  {:>7} ops  {:>6.0} ops/s  {} not ok  live {} objects, {:.1} MiB",
+                    clock.elapsed().as_secs_f64(),
+                    total,
+                    (total - last_total) as f64 / args.progress_every_s.max(1) as f64,
+                    stats.errors(),
+                    stats.live_objects.load(std::sync::atomic::Ordering::Relaxed),
+                    stats.live_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64,
+                );
+                last_total = total;
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let workload_result = match finished_early {
+        Some(r) => r,
+        // Each worker finishes its current operation, which is bounded by
+        // the workload's total timeout (and a multipart upload by a few).
+        None => match tokio::time::timeout(
+            Duration::from_millis(cfg.total_timeout_ms * 8),
+            &mut running,
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => {
+                running.abort();
+                eprintln!("faultline: workers did not stop in time; aborted them");
+                Ok(Ok(()))
+            }
+        },
+    };
+    record_metrics(&ledger, &stats, clock);
+    drop(ledger);
+    let records = writer.finish().map_err(ledger_err)?;
+    print_summary(&stats, clock.elapsed(), records, &ledger_path);
+    eprintln!("faultline: stopping the cluster");
+    tokio::select! {
+        r = cluster.shutdown() => r?,
+        _ = interrupts.next() => {
+            eprintln!("faultline: killing every node now");
+            cluster.kill_all().await?;
+        }
+    }
+    if let Ok(Err(e)) | Err(e) =
+        workload_result.map_err(|e| crate::ledger::LedgerError::WriterGone(e.to_string()))
+    {
+        eprintln!("faultline: the workload stopped with an error: {e}");
+        return Ok(exit::INFRA);
+    }
+    println!(
+        "faultline: correctness is not checked yet (the oracle arrives with issue 4); the ledger holds the full history."
+    );
+    println!(
+        "reproduce: faultline soak --profile {} --seed {} --duration {}{}{}",
+        opts.profile.display(),
+        opts.seed,
+        humantime::format_duration(args.duration),
+        args.workers
+            .map(|w| format!(" --workers {w}"))
+            .unwrap_or_default(),
+        args.mix
+            .as_ref()
+            .map(|m| format!(" --mix {m}"))
+            .unwrap_or_default(),
+    );
+    Ok(if interrupted { exit::INFRA } else { exit::PASS })
+}
+
+/// Snapshots the live counters and the runner's memory into the ledger.
+fn record_metrics(ledger: &Ledger, stats: &crate::workload::Stats, clock: std::time::Instant) {
+    let t_ns = clock.elapsed().as_nanos() as u64;
+    let rss = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|p| p.parse::<f64>().ok())
+        })
+        .map(|pages| pages * 4096.0);
+    let mut values = vec![
+        ("ops_total", stats.total() as f64),
+        ("ops_not_ok", stats.errors() as f64),
+        (
+            "live_objects",
+            stats
+                .live_objects
+                .load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
+        (
+            "live_bytes",
+            stats.live_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
+        (
+            "readbacks",
+            stats.readbacks.load(std::sync::atomic::Ordering::Relaxed) as f64,
+        ),
+    ];
+    if let Some(rss) = rss {
+        values.push(("runner_rss_bytes", rss));
+    }
+    for (name, value) in values {
+        let _ = ledger.send(Record::Metric {
+            t_ns,
+            name: name.into(),
+            value,
+        });
+    }
+}
+
+fn print_summary(
+    stats: &crate::workload::Stats,
+    elapsed: Duration,
+    records: u64,
+    ledger: &std::path::Path,
+) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["op", "ok", "fail", "ambiguous", "unavailable"]);
+    for kind in OpKind::ALL {
+        let row: Vec<u64> = [
+            Outcome::Ok,
+            Outcome::Fail,
+            Outcome::Ambiguous,
+            Outcome::Unavailable,
+        ]
+        .into_iter()
+        .map(|o| stats.count(kind, o))
+        .collect();
+        let mut cells = vec![kind.as_str().to_string()];
+        cells.extend(row.iter().map(u64::to_string));
+        table.add_row(cells);
+    }
+    println!("{table}");
+    println!(
+        "faultline: {} operations in {:.0} s ({:.0} ops/s), {} ledger records in {}",
+        stats.total(),
+        elapsed.as_secs_f64(),
+        stats.total() as f64 / elapsed.as_secs_f64().max(0.001),
+        records,
+        ledger.display()
+    );
 }

@@ -1112,7 +1112,7 @@ fn write_credentials(path: &Path, key_id: &str, secret: &str) -> Result<(), Clus
     .map_err(io_err(path))
 }
 
-pub(crate) fn utc_now() -> String {
+pub fn utc_now() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .expect("RFC 3339 always formats")

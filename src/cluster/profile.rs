@@ -55,6 +55,9 @@ pub struct Profile {
     pub hooks: Option<HooksSection>,
     #[serde(default)]
     pub timeouts: Timeouts,
+    /// The workload's settings; the command line overrides some of them.
+    #[serde(default)]
+    pub workload: crate::workload::WorkloadConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -387,6 +390,26 @@ impl Profile {
                 "s3.access_key_id",
                 "both access_key_id and secret_access_key, or neither",
                 "only one of them".into(),
+            ));
+        }
+        let w = &self.workload;
+        for (key, value, min) in [
+            ("workload.workers", u64::from(w.workers), 1),
+            ("workload.keys_per_worker", u64::from(w.keys_per_worker), 1),
+            ("workload.part_size", w.part_size, 1 << 20),
+            ("workload.list_max_keys", u64::from(w.list_max_keys), 1),
+            ("workload.list_pages_max", u64::from(w.list_pages_max), 1),
+            ("workload.total_timeout_ms", w.total_timeout_ms, 100),
+        ] {
+            if value < min {
+                return Err(invalid(key, &format!("at least {min}"), value.to_string()));
+            }
+        }
+        if !(0.0..=1.0).contains(&w.delete_watermark) {
+            return Err(invalid(
+                "workload.delete_watermark",
+                "a fraction from 0 to 1",
+                w.delete_watermark.to_string(),
             ));
         }
         match self.kind {

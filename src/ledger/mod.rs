@@ -203,6 +203,12 @@ pub enum Record {
     Op(Box<OpRecord>),
     Version(VersionRecord),
     Object(Box<ObjectRecord>),
+    /// A read saw this generation of the key (present values only: a 404
+    /// does not say which DELETE it saw).
+    Visible {
+        key: String,
+        generation: u64,
+    },
     Metric {
         t_ns: u64,
         name: String,
@@ -395,6 +401,11 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
                 o.size.map(|s| s as i64),
                 o.sha256.as_ref().map(|s| &s[..]),
             ])?;
+        }
+        Record::Visible { key, generation } => {
+            let mut stmt =
+                tx.prepare_cached("UPDATE objects SET visible_generation = ?2 WHERE key = ?1")?;
+            stmt.execute(params![key, *generation as i64])?;
         }
         Record::Metric { t_ns, name, value } => {
             let mut stmt = tx.prepare_cached(

@@ -1,8 +1,843 @@
-//! The workload: seeded workers issuing PUT, overwrite, GET, HEAD, Range
-//! GET, DELETE and LIST against the cluster's S3 endpoints, with key
-//! ownership so each key has one writer at a time.
+//! The workload: seeded workers issuing PUT, overwrite, multipart, GET,
+//! HEAD, Range GET, DELETE and LIST against the cluster's S3 endpoints, and
+//! recording every attempt in the ledger.
 //!
-//! Built so far: deterministic object bodies (`body`). The workers, op mix
-//! and read-back are the rest of issue 3 ("Workload and ledger").
+//! Key ownership: worker w owns the keys `<prefix>wNNN/kNNNNN`; only it
+//! writes them, one write at a time, so every key is a single-writer
+//! register with a total write order (oracle.md §2). Any worker reads any
+//! key. Every acknowledged write is read back (GET, HEAD, Range or LIST)
+//! after a random delay of at most `readback_max`, so a wrong answer shows
+//! up within seconds of the write. Above the live-bytes or live-objects cap,
+//! writes turn into DELETEs, so long runs stay bounded on disk.
 
 pub mod body;
+pub mod plan;
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::Method;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::history::{OpKind, Outcome, classify_error, classify_status};
+use crate::ledger::{Ledger, LedgerError, ObjectRecord, OpRecord, Record, VersionRecord};
+use crate::s3::{self, Failure, GENERATION_HEADER, Keep, Payload, Response, S3Client};
+use body::Body;
+use plan::{Mix, Plan, PlanConfig, Planner, RangeSpec, substream};
+
+/// Bytes of a GET body kept for tracing (one block: its header names the
+/// writer); the rest is only hashed.
+const KEEP_PREFIX_BYTES: usize = body::BLOCK_BYTES as usize;
+
+/// Workload settings; the profile's `[workload]` table, then the command line.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkloadConfig {
+    pub workers: u32,
+    pub keys_per_worker: u32,
+    pub mix: Mix,
+    /// Objects of at least this size go up as multipart uploads in parts of this size.
+    pub part_size: u64,
+    /// Every acknowledged write is read back within this delay.
+    pub readback_max_ms: u64,
+    pub live_bytes_max: u64,
+    pub live_objects_max: u64,
+    /// Above this fraction of a cap, writes turn into DELETEs.
+    pub delete_watermark: f64,
+    pub list_max_keys: u32,
+    pub list_pages_max: u32,
+    pub connect_timeout_ms: u64,
+    pub first_byte_timeout_ms: u64,
+    pub total_timeout_ms: u64,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        WorkloadConfig {
+            workers: 24,
+            keys_per_worker: 40,
+            mix: Mix::default(),
+            part_size: 5 << 20,
+            readback_max_ms: 2_000,
+            live_bytes_max: 512 << 20,
+            live_objects_max: 10_000,
+            delete_watermark: 0.9,
+            list_max_keys: 25,
+            list_pages_max: 4,
+            connect_timeout_ms: 2_000,
+            first_byte_timeout_ms: 5_000,
+            total_timeout_ms: 30_000,
+        }
+    }
+}
+
+impl WorkloadConfig {
+    fn timeouts(&self) -> s3::Timeouts {
+        s3::Timeouts {
+            connect: Duration::from_millis(self.connect_timeout_ms),
+            first_byte: Duration::from_millis(self.first_byte_timeout_ms),
+            total: Duration::from_millis(self.total_timeout_ms),
+        }
+    }
+}
+
+/// Live counters, read by the progress view and the summary.
+#[derive(Default)]
+pub struct Stats {
+    /// Indexed by `OpKind` position in `OpKind::ALL`, then outcome.
+    ops: [[AtomicU64; 4]; 8],
+    pub live_bytes: AtomicI64,
+    pub live_objects: AtomicI64,
+    pub readbacks: AtomicU64,
+}
+
+fn outcome_index(o: Outcome) -> usize {
+    match o {
+        Outcome::Ok => 0,
+        Outcome::Fail => 1,
+        Outcome::Ambiguous => 2,
+        Outcome::Unavailable => 3,
+    }
+}
+
+fn kind_index(k: OpKind) -> usize {
+    OpKind::ALL
+        .iter()
+        .position(|x| *x == k)
+        .expect("every kind is in ALL")
+}
+
+impl Stats {
+    pub fn count(&self, kind: OpKind, outcome: Outcome) -> u64 {
+        self.ops[kind_index(kind)][outcome_index(outcome)].load(Ordering::Relaxed)
+    }
+
+    pub fn total(&self) -> u64 {
+        self.ops
+            .iter()
+            .flatten()
+            .map(|a| a.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Operations whose outcome is not `ok`.
+    pub fn errors(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|row| {
+                row[1..]
+                    .iter()
+                    .map(|a| a.load(Ordering::Relaxed))
+                    .sum::<u64>()
+            })
+            .sum()
+    }
+}
+
+/// A running workload.
+pub struct Workload {
+    cfg: WorkloadConfig,
+    seed: u64,
+    prefix: String,
+    clients: Vec<S3Client>,
+    ledger: Ledger,
+    clock: Instant,
+    next_op: AtomicU64,
+    pub stats: Arc<Stats>,
+}
+
+/// What one worker knows of one of its keys.
+struct KeyState {
+    index: u32,
+    name: String,
+    next_generation: u64,
+    /// The last write with outcome ok.
+    acked: Option<Version>,
+    /// Ambiguous writes after `acked`: still candidates.
+    ambiguous: Vec<Version>,
+    /// What this key adds to the live counters now.
+    counted: (i64, i64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Version {
+    generation: u64,
+    deleted: bool,
+    size: u64,
+    sha256: Option<[u8; 32]>,
+}
+
+impl KeyState {
+    fn candidates(&self) -> impl Iterator<Item = &Version> {
+        self.acked.iter().chain(&self.ambiguous)
+    }
+
+    fn ever_written(&self) -> bool {
+        self.candidates().next().is_some()
+    }
+
+    /// Live (bytes, objects) counted pessimistically: the largest present
+    /// candidate.
+    fn live(&self) -> (i64, i64) {
+        let present = self
+            .candidates()
+            .filter(|v| !v.deleted)
+            .map(|v| v.size as i64)
+            .max();
+        present.map_or((0, 0), |b| (b, 1))
+    }
+
+    fn state(&self) -> &'static str {
+        match (&self.acked, self.ambiguous.is_empty()) {
+            (_, false) => "uncertain",
+            (Some(v), true) if !v.deleted => "present",
+            _ => "absent",
+        }
+    }
+}
+
+/// The answer to one request, as the history records it.
+struct Exchanged {
+    outcome: Outcome,
+    resp: Option<Response>,
+    failure: Option<s3::S3Error>,
+    t_invoke: Instant,
+    t_return: Instant,
+}
+
+impl Workload {
+    pub fn new(
+        cfg: WorkloadConfig,
+        seed: u64,
+        prefix: String,
+        clients: Vec<S3Client>,
+        ledger: Ledger,
+        clock: Instant,
+    ) -> Arc<Workload> {
+        Arc::new(Workload {
+            cfg,
+            seed,
+            prefix,
+            clients,
+            ledger,
+            clock,
+            next_op: AtomicU64::new(1),
+            stats: Arc::new(Stats::default()),
+        })
+    }
+
+    pub fn s3_timeouts(cfg: &WorkloadConfig) -> s3::Timeouts {
+        cfg.timeouts()
+    }
+
+    pub fn key_name(&self, worker: u32, key: u32) -> String {
+        key_name(&self.prefix, worker, key)
+    }
+
+    fn ns(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.clock).as_nanos() as u64
+    }
+
+    /// Runs every worker until `stop` turns true; returns once all have
+    /// finished their current operation.
+    pub async fn run(self: Arc<Self>, stop: watch::Receiver<bool>) -> Result<(), LedgerError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for w in 0..self.cfg.workers {
+            tasks.spawn(self.clone().worker(w, stop.clone()));
+        }
+        let mut result = Ok(());
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(e) => result = Err(LedgerError::WriterGone(format!("a worker panicked: {e}"))),
+            }
+        }
+        result
+    }
+
+    async fn worker(
+        self: Arc<Self>,
+        w: u32,
+        stop: watch::Receiver<bool>,
+    ) -> Result<(), LedgerError> {
+        let plan_cfg = PlanConfig {
+            workers: self.cfg.workers,
+            keys_per_worker: self.cfg.keys_per_worker,
+            mix: self.cfg.mix,
+            part_size: self.cfg.part_size,
+        };
+        let mut planner = Planner::new(self.seed, w, plan_cfg);
+        // Read-backs depend on outcomes, so they draw from their own stream
+        // and leave the op sequence alone.
+        let mut readback_rng = substream(self.seed, "worker-readback", u64::from(w));
+        let mut keys: Vec<KeyState> = (0..self.cfg.keys_per_worker)
+            .map(|j| KeyState {
+                index: j,
+                name: self.key_name(w, j),
+                next_generation: 1,
+                acked: None,
+                ambiguous: Vec::new(),
+                counted: (0, 0),
+            })
+            .collect();
+        let mut due: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
+        while !*stop.borrow() {
+            if let Some(Reverse((at, j))) = due.peek().copied()
+                && at <= Instant::now()
+            {
+                due.pop();
+                let ep = readback_rng.random_range(0..self.clients.len());
+                self.readback(w, &keys[j as usize], j, ep, &mut readback_rng)
+                    .await?;
+                self.stats.readbacks.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let plan = planner.next_plan();
+            let ep = planner.next_endpoint(self.clients.len());
+            let acked = match plan {
+                Plan::Write { key, size } => {
+                    if self.over_watermark() {
+                        self.delete(w, &mut keys[key as usize], ep).await?
+                    } else {
+                        self.write(w, &mut keys[key as usize], size, ep).await?
+                    }
+                }
+                Plan::Delete { key } => self.delete(w, &mut keys[key as usize], ep).await?,
+                Plan::Get { worker, key } => {
+                    self.get(w, &self.key_name(worker, key), ep).await?;
+                    None
+                }
+                Plan::Head { worker, key } => {
+                    self.head(w, &self.key_name(worker, key), ep).await?;
+                    None
+                }
+                Plan::Range { worker, key, range } => {
+                    self.range(w, &self.key_name(worker, key), range, ep)
+                        .await?;
+                    None
+                }
+                Plan::List { after } => {
+                    let start_after = after.map(|(ow, ok)| self.key_name(ow, ok));
+                    self.list(w, start_after, ep).await?;
+                    None
+                }
+            };
+            if let Some(j) = acked {
+                let delay = readback_rng.random_range(0..=self.cfg.readback_max_ms);
+                due.push(Reverse((Instant::now() + Duration::from_millis(delay), j)));
+            }
+        }
+        Ok(())
+    }
+
+    fn over_watermark(&self) -> bool {
+        let bytes = self.stats.live_bytes.load(Ordering::Relaxed) as f64;
+        let objects = self.stats.live_objects.load(Ordering::Relaxed) as f64;
+        let wm = self.cfg.delete_watermark;
+        bytes > wm * self.cfg.live_bytes_max as f64
+            || objects > wm * self.cfg.live_objects_max as f64
+    }
+
+    /// Sends one request and classifies what came back. The arguments are
+    /// `S3Client::exchange`'s plus the two the history needs.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        kind: OpKind,
+        ep: usize,
+        method: Method,
+        key: Option<&str>,
+        query: &[(&str, &str)],
+        headers: &[(&str, String)],
+        payload: Payload<'_>,
+        keep: Keep,
+    ) -> Exchanged {
+        match self.clients[ep]
+            .exchange(method, key, query, headers, payload, keep)
+            .await
+        {
+            Ok(resp) => Exchanged {
+                outcome: classify_status(kind, resp.status.as_u16()).0,
+                t_invoke: resp.t_invoke,
+                t_return: resp.t_return,
+                resp: Some(resp),
+                failure: None,
+            },
+            Err(f) => failed(kind, f),
+        }
+    }
+
+    /// Records one operation and bumps the counters; returns its id.
+    fn record(&self, mut op: OpRecord, x: &Exchanged) -> Result<u64, LedgerError> {
+        op.id = self.next_op.fetch_add(1, Ordering::Relaxed);
+        op.t_invoke_ns = self.ns(x.t_invoke);
+        op.t_return_ns = self.ns(x.t_return);
+        op.outcome = x.outcome;
+        if let Some(r) = &x.resp {
+            op.http_status = Some(r.status.as_u16());
+            op.error_class = classify_status(op.kind, r.status.as_u16()).1;
+            if op.etag.is_none() {
+                op.etag = r.etag();
+            }
+            if !r.status.is_success() && r.status.as_u16() != 404 {
+                op.detail =
+                    Some(String::from_utf8_lossy(&r.body[..r.body.len().min(300)]).into_owned());
+            }
+        }
+        if let Some(f) = &x.failure {
+            op.error_class = Some(f.class);
+            op.http_status = f.status;
+            op.detail = Some(f.message.clone());
+        }
+        self.stats.ops[kind_index(op.kind)][outcome_index(op.outcome)]
+            .fetch_add(1, Ordering::Relaxed);
+        let id = op.id;
+        self.ledger.send(Record::Op(Box::new(op)))?;
+        Ok(id)
+    }
+
+    fn blank_op(&self, worker: u32, kind: OpKind, key: Option<String>, ep: usize) -> OpRecord {
+        OpRecord {
+            id: 0,
+            worker,
+            kind,
+            key,
+            generation: None,
+            range_header: None,
+            range: None,
+            t_invoke_ns: 0,
+            t_return_ns: 0,
+            outcome: Outcome::Fail,
+            http_status: None,
+            error_class: None,
+            bytes: 0,
+            size: None,
+            sha256: None,
+            etag: None,
+            endpoint: ep as u32,
+            detail: None,
+        }
+    }
+
+    /// PUT (or multipart upload) of the key's next generation. Returns the
+    /// key's index when the write was acknowledged, for its read-back.
+    async fn write(
+        &self,
+        w: u32,
+        ks: &mut KeyState,
+        size: u64,
+        ep: usize,
+    ) -> Result<Option<u32>, LedgerError> {
+        let generation = ks.next_generation;
+        ks.next_generation += 1;
+        let kind = if size >= self.cfg.part_size {
+            OpKind::Multipart
+        } else if ks.ever_written() {
+            OpKind::Overwrite
+        } else {
+            OpKind::Put
+        };
+        let body = Body::new(self.seed, &ks.name, generation, size);
+        let sha = body.sha256();
+        let x = if kind == OpKind::Multipart {
+            self.multipart(&ks.name, &body, generation, ep).await
+        } else {
+            let headers = [(GENERATION_HEADER, generation.to_string())];
+            let payload = Payload::Slice {
+                body: &body,
+                start: 0,
+                end: size,
+            };
+            self.send(
+                kind,
+                ep,
+                Method::PUT,
+                Some(&ks.name),
+                &[],
+                &headers,
+                payload,
+                Keep::All,
+            )
+            .await
+        };
+        let mut op = self.blank_op(w, kind, Some(ks.name.clone()), ep);
+        op.generation = Some(generation);
+        op.bytes = size;
+        op.size = Some(size);
+        op.sha256 = Some(sha);
+        let op_id = self.record(op, &x)?;
+        let version = Version {
+            generation,
+            deleted: false,
+            size,
+            sha256: Some(sha),
+        };
+        self.ledger.send(Record::Version(VersionRecord {
+            key: ks.name.clone(),
+            generation,
+            deleted: false,
+            size,
+            sha256: Some(sha),
+            op_id,
+            outcome: x.outcome,
+        }))?;
+        self.settle(w, ks, version, x.outcome)
+    }
+
+    /// Create, parts, complete; abort on failure. One operation in the
+    /// history, from before the create to after the complete: only the
+    /// complete can change the key, so a failure before it is `fail`.
+    async fn multipart(&self, key: &str, body: &Body, generation: u64, ep: usize) -> Exchanged {
+        let client = &self.clients[ep];
+        let t_invoke = Instant::now();
+        let upload = match client.create_multipart(key, generation).await {
+            Ok(id) => id,
+            Err(f) => return before_complete(t_invoke, f),
+        };
+        let mut parts = Vec::new();
+        let part = self.cfg.part_size;
+        for (n, start) in (0..body.size).step_by(part as usize).enumerate() {
+            let end = (start + part).min(body.size);
+            let payload = Payload::Slice { body, start, end };
+            match client
+                .upload_part(key, &upload, n as u32 + 1, payload)
+                .await
+            {
+                Ok(etag) => parts.push((n as u32 + 1, etag)),
+                Err(f) => {
+                    let _ = client.abort_multipart(key, &upload).await;
+                    return before_complete(t_invoke, f);
+                }
+            }
+        }
+        let mut x = match client.complete_multipart(key, &upload, &parts).await {
+            Ok(resp) => Exchanged {
+                outcome: classify_status(OpKind::Multipart, resp.status.as_u16()).0,
+                t_invoke,
+                t_return: resp.t_return,
+                resp: Some(resp),
+                failure: None,
+            },
+            Err(f) => {
+                let mut x = failed(OpKind::Multipart, f);
+                x.t_invoke = t_invoke;
+                x
+            }
+        };
+        if x.outcome == Outcome::Fail {
+            let _ = client.abort_multipart(key, &upload).await;
+            x.t_return = x.t_return.max(Instant::now());
+        }
+        x
+    }
+
+    async fn delete(
+        &self,
+        w: u32,
+        ks: &mut KeyState,
+        ep: usize,
+    ) -> Result<Option<u32>, LedgerError> {
+        let generation = ks.next_generation;
+        ks.next_generation += 1;
+        let x = self
+            .send(
+                OpKind::Delete,
+                ep,
+                Method::DELETE,
+                Some(&ks.name),
+                &[],
+                &[],
+                Payload::Empty,
+                Keep::All,
+            )
+            .await;
+        let mut op = self.blank_op(w, OpKind::Delete, Some(ks.name.clone()), ep);
+        op.generation = Some(generation);
+        let op_id = self.record(op, &x)?;
+        self.ledger.send(Record::Version(VersionRecord {
+            key: ks.name.clone(),
+            generation,
+            deleted: true,
+            size: 0,
+            sha256: None,
+            op_id,
+            outcome: x.outcome,
+        }))?;
+        let version = Version {
+            generation,
+            deleted: true,
+            size: 0,
+            sha256: None,
+        };
+        self.settle(w, ks, version, x.outcome)
+    }
+
+    /// Applies a write's outcome to the key's state, the live counters and
+    /// the `objects` row.
+    fn settle(
+        &self,
+        w: u32,
+        ks: &mut KeyState,
+        v: Version,
+        outcome: Outcome,
+    ) -> Result<Option<u32>, LedgerError> {
+        match outcome {
+            Outcome::Ok => {
+                ks.acked = Some(v);
+                ks.ambiguous.clear();
+            }
+            Outcome::Ambiguous | Outcome::Unavailable => ks.ambiguous.push(v),
+            Outcome::Fail => {}
+        }
+        let now = ks.live();
+        self.stats
+            .live_bytes
+            .fetch_add(now.0 - ks.counted.0, Ordering::Relaxed);
+        self.stats
+            .live_objects
+            .fetch_add(now.1 - ks.counted.1, Ordering::Relaxed);
+        ks.counted = now;
+        let present = ks.candidates().filter(|v| !v.deleted).last().copied();
+        self.ledger.send(Record::Object(Box::new(ObjectRecord {
+            key: ks.name.clone(),
+            owner: w,
+            state: ks.state(),
+            acked_generation: ks.acked.map(|v| v.generation),
+            candidates: ks.candidates().map(|v| v.generation).collect(),
+            visible_generation: None,
+            size: present.map(|v| v.size),
+            sha256: present.and_then(|v| v.sha256),
+        })))?;
+        Ok((outcome == Outcome::Ok).then_some(ks.index))
+    }
+
+    async fn get(&self, w: u32, key: &str, ep: usize) -> Result<(), LedgerError> {
+        let x = self
+            .send(
+                OpKind::Get,
+                ep,
+                Method::GET,
+                Some(key),
+                &[],
+                &[],
+                Payload::Empty,
+                Keep::Prefix(KEEP_PREFIX_BYTES),
+            )
+            .await;
+        let mut op = self.blank_op(w, OpKind::Get, Some(key.to_string()), ep);
+        if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
+            op.generation = r.generation();
+            op.bytes = r.body_len;
+            op.size = Some(r.body_len);
+            op.sha256 = Some(r.sha256);
+        }
+        self.observe(op, &x)
+    }
+
+    async fn head(&self, w: u32, key: &str, ep: usize) -> Result<(), LedgerError> {
+        let x = self
+            .send(
+                OpKind::Head,
+                ep,
+                Method::HEAD,
+                Some(key),
+                &[],
+                &[],
+                Payload::Empty,
+                Keep::All,
+            )
+            .await;
+        let mut op = self.blank_op(w, OpKind::Head, Some(key.to_string()), ep);
+        if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
+            op.generation = r.generation();
+            op.size = r.content_length();
+        }
+        self.observe(op, &x)
+    }
+
+    async fn range(
+        &self,
+        w: u32,
+        key: &str,
+        spec: RangeSpec,
+        ep: usize,
+    ) -> Result<(), LedgerError> {
+        let headers = [("range", spec.header())];
+        let x = self
+            .send(
+                OpKind::Range,
+                ep,
+                Method::GET,
+                Some(key),
+                &[],
+                &headers,
+                Payload::Empty,
+                Keep::Prefix(KEEP_PREFIX_BYTES),
+            )
+            .await;
+        let mut op = self.blank_op(w, OpKind::Range, Some(key.to_string()), ep);
+        op.range_header = Some(spec.header());
+        if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
+            op.generation = r.generation();
+            op.bytes = r.body_len;
+            op.sha256 = Some(r.sha256);
+            if let Some((first, last, total)) = r.content_range() {
+                op.range = Some((first, last));
+                op.size = Some(total);
+            } else {
+                // A 200 to a range request: the whole object came back.
+                op.size = Some(r.body_len);
+            }
+        }
+        self.observe(op, &x)
+    }
+
+    /// Records a read and the generation it saw.
+    fn observe(&self, op: OpRecord, x: &Exchanged) -> Result<(), LedgerError> {
+        let seen = op.generation.zip(op.key.clone());
+        self.record(op, x)?;
+        if let Some((generation, key)) = seen {
+            self.ledger.send(Record::Visible { key, generation })?;
+        }
+        Ok(())
+    }
+
+    /// Walks up to `list_pages_max` ListObjectsV2 pages of the run's
+    /// prefix, from just after `start_after`; each page is one operation.
+    async fn list(
+        &self,
+        w: u32,
+        start_after: Option<String>,
+        ep: usize,
+    ) -> Result<(), LedgerError> {
+        let max = self.cfg.list_max_keys.to_string();
+        let mut token: Option<String> = None;
+        for page in 0..self.cfg.list_pages_max {
+            let mut query = vec![
+                ("list-type", "2"),
+                ("prefix", self.prefix.as_str()),
+                ("max-keys", max.as_str()),
+            ];
+            if let Some(t) = &token {
+                query.push(("continuation-token", t.as_str()));
+            } else if let Some(s) = &start_after {
+                query.push(("start-after", s.as_str()));
+            }
+            let x = self
+                .send(
+                    OpKind::List,
+                    ep,
+                    Method::GET,
+                    None,
+                    &query,
+                    &[],
+                    Payload::Empty,
+                    Keep::All,
+                )
+                .await;
+            let mut op = self.blank_op(w, OpKind::List, None, ep);
+            let mut next = None;
+            let mut x = x;
+            if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
+                op.bytes = r.body_len;
+                match S3Client::parse_list(&r.body) {
+                    Ok(parsed) => {
+                        let keys: Vec<(String, u64, Option<String>)> = parsed
+                            .contents
+                            .iter()
+                            .map(|e| (e.key.clone(), e.size, e.etag.clone()))
+                            .collect();
+                        op.detail = Some(
+                            serde_json::json!({
+                                "page": page,
+                                "start_after": if token.is_none() { start_after.clone() } else { None },
+                                "continuation": token,
+                                "max_keys": self.cfg.list_max_keys,
+                                "keys": keys,
+                                "truncated": parsed.is_truncated,
+                                "next": parsed.next_continuation_token,
+                            })
+                            .to_string(),
+                        );
+                        next = parsed
+                            .next_continuation_token
+                            .filter(|_| parsed.is_truncated);
+                    }
+                    Err(e) => {
+                        // An unparsable answer observed nothing.
+                        x.outcome = Outcome::Unavailable;
+                        x.failure = Some(e);
+                    }
+                }
+            }
+            self.record(op, &x)?;
+            match next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads back one of the worker's own keys in a randomly chosen way.
+    async fn readback(
+        &self,
+        w: u32,
+        ks: &KeyState,
+        j: u32,
+        ep: usize,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<(), LedgerError> {
+        match rng.random_range(0..4u32) {
+            0 => self.get(w, &ks.name, ep).await,
+            1 => self.head(w, &ks.name, ep).await,
+            2 => {
+                let spec = match rng.random_range(0..3u32) {
+                    0 => RangeSpec::Window(0, 0),
+                    1 => RangeSpec::Suffix(1),
+                    _ => RangeSpec::Suffix(rng.random_range(1..4096)),
+                };
+                self.range(w, &ks.name, spec, ep).await
+            }
+            _ => {
+                // From just before the key, so it is on the first page.
+                let after = (j > 0).then(|| self.key_name(w, j - 1));
+                let after = after.or_else(|| Some(format!("{}w{:03}/", self.prefix, w)));
+                self.list(w, after, ep).await
+            }
+        }
+    }
+}
+
+/// Key names: `<prefix>wNNN/kNNNNN`, sorted by worker then index.
+pub fn key_name(prefix: &str, worker: u32, key: u32) -> String {
+    format!("{prefix}w{worker:03}/k{key:05}")
+}
+
+fn failed(kind: OpKind, f: Failure) -> Exchanged {
+    Exchanged {
+        outcome: classify_error(kind, f.error.class),
+        resp: None,
+        t_invoke: f.t_invoke,
+        t_return: f.t_return,
+        failure: Some(f.error),
+    }
+}
+
+/// A multipart upload that failed before its complete request was sent:
+/// the key certainly did not change.
+fn before_complete(t_invoke: Instant, f: Failure) -> Exchanged {
+    Exchanged {
+        outcome: Outcome::Fail,
+        resp: None,
+        t_invoke,
+        t_return: f.t_return,
+        failure: Some(f.error),
+    }
+}
