@@ -26,7 +26,7 @@ fn repo(rel: &str) -> PathBuf {
 fn runs_dir(test: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("test-runs")
-        .join(format!("{test}-{}", std::process::id()));
+        .join(test);
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -590,4 +590,216 @@ async fn garage5_boots_five_nodes_with_three_replicas() {
     cluster.shutdown().await.unwrap();
     drop(cluster);
     assert_all_gone_within(&pids, Duration::from_secs(1));
+}
+
+/// The run directory a CLI run created under `runs` (there is one).
+fn only_run_dir(runs: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs[0].clone()
+}
+
+/// Frees the disk a passed test's nodes used; the ledger and logs stay.
+fn drop_node_data(run_dir: &Path) {
+    for node in std::fs::read_dir(run_dir.join("nodes")).unwrap().flatten() {
+        for sub in ["data", "meta"] {
+            let _ = std::fs::remove_dir_all(node.path().join(sub));
+        }
+    }
+}
+
+#[test]
+fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("soak-ledger");
+    let out = Command::new(BIN)
+        .args([
+            "soak",
+            "--duration",
+            "15s",
+            "--seed",
+            "5",
+            "--progress-every-s",
+            "5",
+            "--runs-dir",
+        ])
+        .arg(&runs)
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("reproduce: faultline soak "),
+        "{stdout}"
+    );
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    assert_eq!(ledger.meta("seed").unwrap().as_deref(), Some("5"));
+    assert_eq!(
+        ledger
+            .count("SELECT count(DISTINCT worker) FROM ops")
+            .unwrap(),
+        24
+    );
+    for kind in faultline::history::OpKind::ALL {
+        let n = ledger
+            .count(&format!(
+                "SELECT count(*) FROM ops WHERE kind = '{}' AND outcome = 'ok'",
+                kind.as_str()
+            ))
+            .unwrap();
+        assert!(n > 0, "no successful {} in the ledger", kind.as_str());
+    }
+    // Plausible outcomes on a healthy cluster: nearly everything ok, and
+    // the only certain failures are ranges past the end (416).
+    let total = ledger.count("SELECT count(*) FROM ops").unwrap();
+    let ok = ledger
+        .count("SELECT count(*) FROM ops WHERE outcome = 'ok'")
+        .unwrap();
+    assert!(ok * 100 >= total * 95, "{ok} ok of {total}");
+    let odd_fails = ledger
+        .count("SELECT count(*) FROM ops WHERE outcome = 'fail' AND NOT (kind = 'range' AND http_status = 416)")
+        .unwrap();
+    assert_eq!(odd_fails, 0);
+    assert_eq!(
+        ledger
+            .count("SELECT count(*) FROM ops WHERE t_return_ns < t_invoke_ns")
+            .unwrap(),
+        0
+    );
+    // Every write has its version row, and every generation a read saw was written.
+    assert_eq!(
+        ledger
+            .count(
+                "SELECT count(*) FROM ops WHERE kind IN ('put','overwrite','multipart','delete')"
+            )
+            .unwrap(),
+        ledger.count("SELECT count(*) FROM versions").unwrap()
+    );
+    let unexplained = ledger
+        .count(
+            "SELECT count(*) FROM ops o WHERE generation IS NOT NULL AND kind IN ('get','head','range')
+             AND NOT EXISTS (SELECT 1 FROM versions v WHERE v.key = o.key AND v.generation = o.generation)",
+        )
+        .unwrap();
+    assert_eq!(unexplained, 0);
+    // Bodies are verifiable: a full GET of an acknowledged, never-overwritten
+    // generation has exactly the bytes the seed says.
+    let mismatched = ledger
+        .connection()
+        .prepare(
+            "SELECT o.key, o.generation, o.size, o.sha256 FROM ops o JOIN versions v
+             ON v.key = o.key AND v.generation = o.generation
+             WHERE o.kind = 'get' AND o.outcome = 'ok' AND o.sha256 IS NOT NULL LIMIT 200",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, i64>(2)?,
+                r.get::<_, Vec<u8>>(3)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|(key, g, size, sha)| {
+            faultline::workload::body::Body::new(5, key, *g as u64, *size as u64)
+                .sha256()
+                .to_vec()
+                != *sha
+        })
+        .count();
+    assert_eq!(mismatched, 0);
+    assert!(
+        ledger
+            .count("SELECT count(*) FROM metrics WHERE name = 'runner_rss_bytes'")
+            .unwrap()
+            > 0
+    );
+    assert!(
+        ledger
+            .count("SELECT count(*) FROM latency_percentiles")
+            .unwrap()
+            == 8
+    );
+    drop_node_data(&run);
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+#[test]
+fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("soak-sigkill");
+    let mut child = Command::new(BIN)
+        .args([
+            "soak",
+            "--duration",
+            "10m",
+            "--workers",
+            "6",
+            "--seed",
+            "9",
+            "--runs-dir",
+        ])
+        .arg(&runs)
+        .current_dir(repo(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait (bounded) until operations are being committed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ledger_path = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no operations committed within 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+        let Ok(entries) = std::fs::read_dir(&runs) else {
+            continue;
+        };
+        let Some(run) = entries.flatten().next() else {
+            continue;
+        };
+        let path = run.path().join("ledger.sqlite");
+        let committed = LedgerReader::open(&path)
+            .ok()
+            .and_then(|l| l.count("SELECT count(*) FROM ops").ok());
+        if committed.is_some_and(|n| n > 200) {
+            break path;
+        }
+    };
+    let pids = node_pids(ledger_path.parent().unwrap());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_bounded(&mut child, Duration::from_secs(5));
+    assert_all_gone_within(&pids, Duration::from_secs(5));
+    let ledger = LedgerReader::open(&ledger_path).unwrap();
+    let check: String = ledger
+        .connection()
+        .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(check, "ok");
+    let ops = ledger.ops().unwrap();
+    assert!(ops.len() > 200, "{} ops", ops.len());
+    assert!(ops.iter().all(|o| o.t_return_ns >= o.t_invoke_ns));
+    drop_node_data(ledger_path.parent().unwrap());
 }
