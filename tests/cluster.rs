@@ -741,6 +741,56 @@ fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
 }
 
+/// Every acknowledged write is followed, within the read-back delay (2 s)
+/// plus slack for one operation, by a read of its key from its owner: a
+/// GET/HEAD/Range of the key, or a LIST page starting just before it.
+/// Writes too close to the end of the run are exempt.
+fn assert_every_ack_is_read_back(ledger: &faultline::ledger::LedgerReader) {
+    use faultline::history::{OpKind, Outcome};
+    const WINDOW_NS: u64 = 5_000_000_000;
+    let ops = ledger.ops().unwrap();
+    let end = ops.iter().map(|o| o.t_return_ns).max().unwrap();
+    let mut checked = 0;
+    for w in ops
+        .iter()
+        .filter(|o| o.kind.is_write() && o.outcome == Outcome::Ok)
+    {
+        if w.t_return_ns + WINDOW_NS > end {
+            continue;
+        }
+        let key = w.key.as_deref().unwrap();
+        let read_back = ops.iter().any(|r| {
+            r.worker == w.worker
+                && r.t_invoke_ns >= w.t_return_ns
+                && r.t_invoke_ns <= w.t_return_ns + WINDOW_NS
+                && match r.kind {
+                    OpKind::Get | OpKind::Head | OpKind::Range => r.key.as_deref() == Some(key),
+                    // A page covers (start_after, its last key], or to the
+                    // end when it is the last page.
+                    OpKind::List => r.detail.as_deref().is_some_and(|d| {
+                        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+                        let starts_before = v["start_after"].as_str().is_some_and(|a| a < key);
+                        let last = v["keys"]
+                            .as_array()
+                            .and_then(|k| k.last())
+                            .and_then(|e| e[0].as_str());
+                        let reaches =
+                            !v["truncated"].as_bool().unwrap() || last.is_some_and(|l| l >= key);
+                        starts_before && reaches
+                    }),
+                    _ => false,
+                }
+        });
+        assert!(
+            read_back,
+            "write op {} of {key} was not read back within 5 s",
+            w.id
+        );
+        checked += 1;
+    }
+    assert!(checked > 100, "only {checked} writes checked");
+}
+
 #[test]
 fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
     use faultline::ledger::LedgerReader;
