@@ -34,6 +34,11 @@ use plan::{Mix, Plan, PlanConfig, Planner, RangeSpec, substream};
 /// writer); the rest is only hashed.
 const KEEP_PREFIX_BYTES: usize = body::BLOCK_BYTES as usize;
 
+/// Read-backs one worker may have waiting before it stops to let them run.
+const READBACK_QUEUE_MAX: usize = 256;
+/// Read-backs of one worker running at once.
+const READBACKS_IN_FLIGHT_MAX: usize = 4;
+
 /// Workload settings; the profile's `[workload]` table, then the command line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -273,9 +278,6 @@ impl Workload {
             part_size: self.cfg.part_size,
         };
         let mut planner = Planner::new(self.seed, w, plan_cfg);
-        // Read-backs depend on outcomes, so they draw from their own stream
-        // and leave the op sequence alone.
-        let mut readback_rng = substream(self.seed, "worker-readback", u64::from(w));
         let mut keys: Vec<KeyState> = (0..self.cfg.keys_per_worker)
             .map(|j| KeyState {
                 index: j,
@@ -286,18 +288,13 @@ impl Workload {
                 counted: (0, 0),
             })
             .collect();
-        let mut due: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
+        // Read-backs run beside the worker, so a slow write (a multipart
+        // upload takes seconds) cannot delay another key's read-back. The
+        // channel is bounded: a worker that outruns its read-backs waits.
+        let (readback_tx, readback_rx) = tokio::sync::mpsc::channel(READBACK_QUEUE_MAX);
+        let readbacks = tokio::spawn(self.clone().readback_loop(w, readback_rx, stop.clone()));
+        let mut delay_rng = substream(self.seed, "worker-readback-delay", u64::from(w));
         while !*stop.borrow() {
-            if let Some(Reverse((at, j))) = due.peek().copied()
-                && at <= Instant::now()
-            {
-                due.pop();
-                let ep = readback_rng.random_range(0..self.clients.len());
-                self.readback(w, &keys[j as usize], j, ep, &mut readback_rng)
-                    .await?;
-                self.stats.readbacks.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
             let plan = planner.next_plan();
             let ep = planner.next_endpoint(self.clients.len());
             let acked = match plan {
@@ -329,11 +326,68 @@ impl Workload {
                 }
             };
             if let Some(j) = acked {
-                let delay = readback_rng.random_range(0..=self.cfg.readback_max_ms);
-                due.push(Reverse((Instant::now() + Duration::from_millis(delay), j)));
+                let delay = delay_rng.random_range(0..=self.cfg.readback_max_ms);
+                let due = Instant::now() + Duration::from_millis(delay);
+                if readback_tx.send((due, j)).await.is_err() {
+                    break; // the read-back task ended with a ledger error
+                }
             }
         }
-        Ok(())
+        drop(readback_tx);
+        readbacks
+            .await
+            .map_err(|e| LedgerError::WriterGone(format!("a read-back task panicked: {e}")))?
+    }
+
+    /// Starts each of a worker's read-backs at its due time, a few at once
+    /// (a slow read must not hold back the next one's start), until `stop`.
+    async fn readback_loop(
+        self: Arc<Self>,
+        w: u32,
+        mut rx: tokio::sync::mpsc::Receiver<(Instant, u32)>,
+        mut stop: watch::Receiver<bool>,
+    ) -> Result<(), LedgerError> {
+        let mut rng = substream(self.seed, "worker-readback", u64::from(w));
+        let mut due: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
+        let mut running = tokio::task::JoinSet::new();
+        let mut open = true;
+        let mut result = Ok(());
+        loop {
+            let next = due.peek().map(|Reverse((at, _))| *at);
+            let room = running.len() < READBACKS_IN_FLIGHT_MAX;
+            tokio::select! {
+                received = rx.recv(), if open => match received {
+                    Some(item) => due.push(Reverse(item)),
+                    None => open = false,
+                },
+                _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now).into()), if next.is_some() && room => {
+                    let Some(Reverse((_, j))) = due.pop() else { continue };
+                    // Choices are drawn here, in due order, from the
+                    // worker's read-back stream.
+                    let ep = rng.random_range(0..self.clients.len());
+                    let how = rng.random_range(0..4u32);
+                    let suffix = rng.random_range(1..4096u64);
+                    let this = self.clone();
+                    running.spawn(async move { this.readback(w, j, ep, how, suffix).await });
+                }
+                Some(done) = running.join_next(), if !running.is_empty() => {
+                    match done {
+                        Ok(Ok(())) => { self.stats.readbacks.fetch_add(1, Ordering::Relaxed); }
+                        Ok(Err(e)) => result = Err(e),
+                        Err(e) => result = Err(LedgerError::WriterGone(format!("a read-back panicked: {e}"))),
+                    }
+                }
+                _ = stop.changed() => {}
+            }
+            if result.is_err() || *stop.borrow() || (!open && due.is_empty()) {
+                while let Some(done) = running.join_next().await {
+                    if let Ok(Err(e)) = done {
+                        result = Err(e);
+                    }
+                }
+                return result;
+            }
+        }
     }
 
     fn over_watermark(&self) -> bool {
@@ -785,25 +839,27 @@ impl Workload {
         Ok(())
     }
 
-    /// Reads back one of the worker's own keys in a randomly chosen way.
+    /// Reads back one of the worker's own keys: GET, HEAD, a Range (first
+    /// byte, last byte or a suffix), or a LIST starting just before it.
     async fn readback(
         &self,
         w: u32,
-        ks: &KeyState,
         j: u32,
         ep: usize,
-        rng: &mut rand_chacha::ChaCha8Rng,
+        how: u32,
+        suffix: u64,
     ) -> Result<(), LedgerError> {
-        match rng.random_range(0..4u32) {
-            0 => self.get(w, &ks.name, ep).await,
-            1 => self.head(w, &ks.name, ep).await,
+        let name = self.key_name(w, j);
+        match how {
+            0 => self.get(w, &name, ep).await,
+            1 => self.head(w, &name, ep).await,
             2 => {
-                let spec = match rng.random_range(0..3u32) {
+                let spec = match suffix % 3 {
                     0 => RangeSpec::Window(0, 0),
                     1 => RangeSpec::Suffix(1),
-                    _ => RangeSpec::Suffix(rng.random_range(1..4096)),
+                    _ => RangeSpec::Suffix(suffix),
                 };
-                self.range(w, &ks.name, spec, ep).await
+                self.range(w, &name, spec, ep).await
             }
             _ => {
                 // From just before the key, so it is on the first page.
