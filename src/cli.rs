@@ -53,7 +53,22 @@ pub struct SoakArgs {
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     pub progress_every_s: u64,
+    /// Prune old history so long soaks stay bounded on disk (full history
+    /// is kept near faults and findings and for the last 10 minutes).
+    #[arg(long, value_enum, default_value_t = RetentionMode::Auto)]
+    pub retention: RetentionMode,
 }
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RetentionMode {
+    /// On for runs of 30 minutes or more.
+    Auto,
+    On,
+    Off,
+}
+
+/// Runs at least this long get retention under `--retention auto`.
+const RETENTION_AUTO_MIN: Duration = Duration::from_secs(30 * 60);
 
 #[derive(Debug, Args)]
 pub struct ClusterArgs {
@@ -342,8 +357,22 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
         cluster.run_dir().display()
     );
     let ledger_path = cluster.run_dir().join("ledger.sqlite");
+    let retention = match args.retention {
+        RetentionMode::On => Some(crate::ledger::Retention::default()),
+        RetentionMode::Off => None,
+        RetentionMode::Auto => {
+            (args.duration >= RETENTION_AUTO_MIN).then(crate::ledger::Retention::default)
+        }
+    };
+    eprintln!(
+        "faultline: ledger retention {}",
+        retention.map_or_else(
+            || "off: full history".to_string(),
+            |r| format!("on: {}", r.describe())
+        )
+    );
     let ledger_err = |e: crate::ledger::LedgerError| ClusterError::Config(e.to_string());
-    let (ledger, writer) = Ledger::create(&ledger_path).map_err(ledger_err)?;
+    let (ledger, writer) = Ledger::create(&ledger_path, retention).map_err(ledger_err)?;
     let run_name = cluster
         .run_dir()
         .file_name()

@@ -21,6 +21,9 @@ use rusqlite::{Connection, OpenFlags, params};
 
 use crate::history::{ErrorClass, OpKind, Outcome};
 
+pub mod retention;
+pub use retention::{Pruned, Retention};
+
 pub const SCHEMA_VERSION: i64 = 1;
 
 /// Records queued for the writer before producers wait.
@@ -117,9 +120,13 @@ CREATE TABLE metrics (
     PRIMARY KEY (t_ns, name)
 );
 
+-- Counts include what retention folded into ops_summary.
 CREATE VIEW ops_per_minute AS
-    SELECT t_invoke_ns / 60000000000 AS minute, kind, outcome, count(*) AS ops
-    FROM ops GROUP BY minute, kind, outcome;
+    SELECT minute, kind, outcome, sum(ops) AS ops FROM (
+        SELECT t_invoke_ns / 60000000000 AS minute, kind, outcome, 1 AS ops FROM ops
+        UNION ALL
+        SELECT minute, kind, outcome, ops FROM ops_summary
+    ) GROUP BY minute, kind, outcome;
 
 CREATE VIEW latency_percentiles AS
     WITH ranked AS (
@@ -149,6 +156,33 @@ pub enum LedgerError {
     Version { path: PathBuf, found: i64 },
     #[error("the ledger writer thread stopped: {0}")]
     WriterGone(String),
+}
+
+/// One fault window (written by the fault injector).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultRecord {
+    pub id: u64,
+    pub kind: String,
+    pub target: String,
+    pub t_start_ns: u64,
+    pub t_confirm_ns: Option<u64>,
+    pub t_end_ns: Option<u64>,
+    pub t_recovered_ns: Option<u64>,
+    pub recovery_ms: Option<u64>,
+    pub gate: Option<String>,
+}
+
+/// One violation the oracle found, with its witness (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingRecord {
+    pub class: String,
+    pub key: Option<String>,
+    pub op_id: Option<u64>,
+    pub fault_id: Option<u64>,
+    pub t_ns: u64,
+    pub expected: String,
+    pub seen: String,
+    pub witness: String,
 }
 
 /// One operation, as recorded.
@@ -218,6 +252,9 @@ pub enum Record {
         key: String,
         value: String,
     },
+    /// Inserts or updates (by id) a fault window.
+    Fault(Box<FaultRecord>),
+    Finding(Box<FindingRecord>),
     /// Answered once everything sent before it is committed.
     Flush(mpsc::SyncSender<()>),
 }
@@ -254,8 +291,11 @@ fn sql_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> LedgerError + '_ {
 
 impl Ledger {
     /// Creates a new ledger file with the current schema and starts its
-    /// writer thread.
-    pub fn create(path: &Path) -> Result<(Ledger, LedgerWriter), LedgerError> {
+    /// writer thread; with `retention`, old history is pruned as it goes.
+    pub fn create(
+        path: &Path,
+        retention: Option<Retention>,
+    ) -> Result<(Ledger, LedgerWriter), LedgerError> {
         let conn = Connection::open(path).map_err(sql_err(path))?;
         conn.pragma_update(None, "journal_mode", "wal")
             .map_err(sql_err(path))?;
@@ -263,14 +303,25 @@ impl Ledger {
         // only a power loss may drop the last batches.
         conn.pragma_update(None, "synchronous", "normal")
             .map_err(sql_err(path))?;
+        conn.execute_batch(retention::SCHEMA)
+            .map_err(sql_err(path))?;
         conn.execute_batch(SCHEMA).map_err(sql_err(path))?;
+        let described = retention.map_or_else(
+            || "off: full history".to_string(),
+            |r| format!("on: {}", r.describe()),
+        );
+        conn.execute(
+            "INSERT INTO run_meta (key, value) VALUES ('retention', ?1)",
+            [described],
+        )
+        .map_err(sql_err(path))?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(sql_err(path))?;
         let (tx, rx) = mpsc::sync_channel(QUEUE_MAX);
         let thread_path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("faultline-ledger".into())
-            .spawn(move || write_loop(conn, rx, &thread_path))
+            .spawn(move || write_loop(conn, rx, &thread_path, retention))
             .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
         Ok((
             Ledger {
@@ -305,9 +356,14 @@ fn write_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<Record>,
     path: &Path,
+    retention: Option<Retention>,
 ) -> Result<u64, LedgerError> {
     let mut written = 0u64;
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    // The run's clock as far as the ledger knows it: the latest return.
+    let mut now_ns = 0u64;
+    let mut pruned_at_ns = 0u64;
+    let mut pruned = Pruned::default();
     while let Ok(first) = rx.recv() {
         batch.push(first);
         while batch.len() < BATCH_MAX {
@@ -322,10 +378,29 @@ fn write_loop(
             match record {
                 Record::Flush(done) => flushes.push(done),
                 other => {
+                    if let Record::Op(op) = &other {
+                        now_ns = now_ns.max(op.t_return_ns);
+                    }
                     write_record(&tx, &other).map_err(sql_err(path))?;
                     written += 1;
                 }
             }
+        }
+        if let Some(r) = &retention
+            && now_ns >= pruned_at_ns + r.every_ms * 1_000_000
+        {
+            let p = retention::prune(&tx, r, now_ns).map_err(sql_err(path))?;
+            pruned.reads += p.reads;
+            pruned.writes += p.writes;
+            pruned_at_ns = now_ns;
+            write_record(
+                &tx,
+                &Record::Meta {
+                    key: "retention_pruned".into(),
+                    value: format!("{} reads, {} writes", pruned.reads, pruned.writes),
+                },
+            )
+            .map_err(sql_err(path))?;
         }
         tx.commit().map_err(sql_err(path))?;
         for done in flushes {
@@ -417,6 +492,40 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
             let mut stmt =
                 tx.prepare_cached("INSERT OR REPLACE INTO run_meta (key, value) VALUES (?1, ?2)")?;
             stmt.execute(params![key, value])?;
+        }
+        Record::Fault(f) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO faults (id, kind, target, t_start_ns, t_confirm_ns, t_end_ns,
+                                                t_recovered_ns, recovery_ms, gate)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )?;
+            stmt.execute(params![
+                f.id as i64,
+                f.kind,
+                f.target,
+                f.t_start_ns as i64,
+                f.t_confirm_ns.map(|t| t as i64),
+                f.t_end_ns.map(|t| t as i64),
+                f.t_recovered_ns.map(|t| t as i64),
+                f.recovery_ms.map(|t| t as i64),
+                f.gate,
+            ])?;
+        }
+        Record::Finding(x) => {
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO findings (class, key, op_id, fault_id, t_ns, expected, seen, witness)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?;
+            stmt.execute(params![
+                x.class,
+                x.key,
+                x.op_id.map(|i| i as i64),
+                x.fault_id.map(|i| i as i64),
+                x.t_ns as i64,
+                x.expected,
+                x.seen,
+                x.witness,
+            ])?;
         }
         Record::Flush(_) => {}
     }
@@ -560,7 +669,7 @@ mod tests {
     fn records_round_trip_and_views_answer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
-        let (ledger, writer) = Ledger::create(&path).unwrap();
+        let (ledger, writer) = Ledger::create(&path, None).unwrap();
         ledger
             .send(Record::Meta {
                 key: "seed".into(),
