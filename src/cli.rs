@@ -9,7 +9,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cluster::profile::Profile;
 use crate::cluster::{BootOptions, Cluster, ClusterError, provision};
-use crate::exit;
+use crate::exit::{self, Error};
 use crate::history::{OpKind, Outcome};
 use crate::ledger::{Ledger, Record};
 use crate::workload::Workload;
@@ -156,7 +156,7 @@ pub fn run(cli: Cli) -> u8 {
         Ok(code) => code,
         Err(e) => {
             eprintln!("faultline: error: {e}");
-            exit::for_cluster_error(&e)
+            exit::for_error(&e)
         }
     }
 }
@@ -175,7 +175,7 @@ fn init_tracing() {
         .try_init();
 }
 
-async fn install(args: InstallArgs) -> Result<u8, ClusterError> {
+async fn install(args: InstallArgs) -> Result<u8, Error> {
     let profile = Profile::load(&args.profile)?;
     let cache = args.cache_dir.unwrap_or_else(provision::default_cache_dir);
     let (krate, version, name) = match (&profile.garage, &profile.binary) {
@@ -197,7 +197,9 @@ async fn install(args: InstallArgs) -> Result<u8, ClusterError> {
             return Ok(exit::PASS);
         }
     };
-    let bin = provision::ensure_binary(&cache, &krate, &version, &name).await?;
+    let bin = provision::ensure_binary(&cache, &krate, &version, &name)
+        .await
+        .map_err(ClusterError::from)?;
     println!("{}", bin.display());
     Ok(exit::PASS)
 }
@@ -228,7 +230,7 @@ impl Interrupts {
     }
 }
 
-async fn up(args: UpArgs) -> Result<u8, ClusterError> {
+async fn up(args: UpArgs) -> Result<u8, Error> {
     let mut interrupts = Interrupts::new();
     let opts = args.cluster.boot_options();
     eprintln!("faultline: seed {}", opts.seed);
@@ -328,19 +330,18 @@ fn print_ready(cluster: &Cluster) {
     println!("Ctrl-C stops the cluster and tears it down.");
 }
 
-async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
+async fn soak(args: SoakArgs) -> Result<u8, Error> {
     let mut interrupts = Interrupts::new();
     let opts = args.cluster.boot_options();
     let mut profile = Profile::load(&opts.profile)?;
     if let Some(w) = args.workers {
         if w == 0 {
-            return Err(ClusterError::Config("--workers must be at least 1".into()));
+            return Err(Error::Usage("--workers must be at least 1".into()));
         }
         profile.workload.workers = w;
     }
     if let Some(mix) = &args.mix {
-        profile.workload.mix =
-            crate::workload::plan::Mix::parse(mix).map_err(ClusterError::Config)?;
+        profile.workload.mix = crate::workload::plan::Mix::parse(mix).map_err(Error::Usage)?;
     }
     eprintln!("faultline: seed {}", opts.seed);
     let cluster = tokio::select! {
@@ -371,8 +372,7 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
             |r| format!("on: {}", r.describe())
         )
     );
-    let ledger_err = |e: crate::ledger::LedgerError| ClusterError::Config(e.to_string());
-    let (ledger, writer) = Ledger::create(&ledger_path, retention).map_err(ledger_err)?;
+    let (ledger, writer) = Ledger::create(&ledger_path, retention)?;
     let run_name = cluster
         .run_dir()
         .file_name()
@@ -409,12 +409,10 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
         ("duration_ms", args.duration.as_millis().to_string()),
     ];
     for (key, value) in meta {
-        ledger
-            .send(Record::Meta {
-                key: key.into(),
-                value,
-            })
-            .map_err(ledger_err)?;
+        ledger.send(Record::Meta {
+            key: key.into(),
+            value,
+        })?;
     }
     let timeouts = Workload::s3_timeouts(&cfg);
     let clients = cluster
@@ -440,12 +438,14 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
     let mut progress = tokio::time::interval(Duration::from_secs(args.progress_every_s.max(1)));
     let mut snapshot = tokio::time::interval(Duration::from_secs(5));
     let mut last_total = 0u64;
-    let mut interrupted = false;
     let mut finished_early = None;
     loop {
         tokio::select! {
             _ = &mut deadline => break,
-            _ = interrupts.next() => { interrupted = true; break; }
+            _ = interrupts.next() => {
+                eprintln!("faultline: Ctrl-C: stopping the workload (Ctrl-C again during teardown kills the nodes)");
+                break;
+            }
             r = &mut running => { finished_early = Some(r); break; }
             _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
             _ = progress.tick() => {
@@ -464,7 +464,7 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
         }
     }
     let _ = stop_tx.send(true);
-    let workload_result = match finished_early {
+    let joined = match finished_early {
         Some(r) => r,
         // Each worker finishes its current operation, which is bounded by
         // the workload's total timeout (and a multipart upload by a few).
@@ -477,14 +477,19 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
             Ok(r) => r,
             Err(_) => {
                 running.abort();
-                eprintln!("faultline: workers did not stop in time; aborted them");
-                Ok(Ok(()))
+                Ok(Err(crate::ledger::LedgerError::WriterGone(
+                    "the workers did not stop in time and were aborted".into(),
+                )))
             }
         },
     };
+    let workload_result: Result<(), Error> = match joined {
+        Ok(r) => r.map_err(Error::from),
+        Err(e) => Err(Error::Workload(format!("the workload panicked: {e}"))),
+    };
     record_metrics(&ledger, &stats, clock);
     drop(ledger);
-    let records = writer.finish().map_err(ledger_err)?;
+    let records = writer.finish()?;
     print_summary(&stats, clock.elapsed(), records, &ledger_path);
     eprintln!("faultline: stopping the cluster");
     tokio::select! {
@@ -494,12 +499,7 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
             cluster.kill_all().await?;
         }
     }
-    if let Ok(Err(e)) | Err(e) =
-        workload_result.map_err(|e| crate::ledger::LedgerError::WriterGone(e.to_string()))
-    {
-        eprintln!("faultline: the workload stopped with an error: {e}");
-        return Ok(exit::INFRA);
-    }
+    workload_result?;
     println!(
         "faultline: correctness is not checked yet (the oracle arrives with issue 4); the ledger holds the full history."
     );
@@ -516,7 +516,7 @@ async fn soak(args: SoakArgs) -> Result<u8, ClusterError> {
             .map(|m| format!(" --mix {m}"))
             .unwrap_or_default(),
     );
-    Ok(if interrupted { exit::INFRA } else { exit::PASS })
+    Ok(exit::PASS)
 }
 
 /// Snapshots the live counters and the runner's memory into the ledger.

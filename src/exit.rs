@@ -2,6 +2,8 @@
 //! The table in README.md mirrors this file.
 
 use crate::cluster::ClusterError;
+use crate::cluster::profile::ProfileError;
+use crate::ledger::LedgerError;
 
 /// The run passed (or the command did what it was asked).
 pub const PASS: u8 = 0;
@@ -14,6 +16,32 @@ pub const USAGE: u8 = 2;
 pub const INFRA: u8 = 3;
 /// Something planned did not happen, so the run cannot vouch for it.
 pub const COVERAGE_GAP: u8 = 4;
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+    /// A bad command-line value that clap cannot check by itself.
+    #[error("{0}")]
+    Usage(String),
+    /// The workload itself broke (a task panicked).
+    #[error("{0}")]
+    Workload(String),
+}
+
+/// The exit code for an error.
+pub fn for_error(e: &Error) -> u8 {
+    match e {
+        Error::Cluster(c) => for_cluster_error(c),
+        Error::Profile(_) | Error::Usage(_) => USAGE,
+        Error::Ledger(_) | Error::Workload(_) => INFRA,
+    }
+}
 
 /// The exit code for a cluster error.
 pub fn for_cluster_error(e: &ClusterError) -> u8 {

@@ -476,6 +476,33 @@ fn bad_input_fails_clearly_with_exit_2_and_leaves_nothing_running() {
     );
 }
 
+#[test]
+fn soak_rejects_bad_workload_arguments_with_exit_2() {
+    for (args, expected) in [
+        (vec!["--workers", "0"], "--workers must be at least 1"),
+        (vec!["--mix", "writes=3"], "unknown class \"writes\""),
+        (
+            vec!["--duration", "soon"],
+            "invalid value 'soon' for '--duration",
+        ),
+        (
+            vec!["--retention", "sometimes"],
+            "invalid value 'sometimes' for '--retention",
+        ),
+    ] {
+        let runs = runs_dir("soak-bad-args");
+        let mut all = vec!["soak", "--runs-dir", runs.to_str().unwrap()];
+        all.extend(args);
+        let (code, stderr) = faultline(&all);
+        assert_eq!(code, 2, "{all:?}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{all:?}: {expected:?} not in {stderr}"
+        );
+        assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn generic_profile_runs_garage_through_hooks_only() {
     let runs = runs_dir("generic");
