@@ -3,8 +3,8 @@
 //! self-describing so bytes seen anywhere can be traced back to the key and
 //! generation that wrote them.
 //!
-//! Layout: the body is cut into 4 KiB blocks. Each block starts with a
-//! 32-byte header (`FLT1`, the key's tag, the generation, the block index,
+//! Layout: the body is cut into 4 KiB blocks. Each block with room for it
+//! starts with a 32-byte header (`FLT1`, the key's tag, the generation, the block index,
 //! the run's tag); the rest is ChaCha8 keystream seeded from (seed, key,
 //! generation) and addressed by absolute offset. The byte at offset `o`
 //! therefore does not depend on the size: a shorter body of the same
@@ -107,11 +107,17 @@ impl Body {
             // word starts exactly at offset + n.
             rng.fill_bytes(&mut buf[n..]);
         }
-        // Then stamp the headers of every block the slice touches.
+        // Then stamp the headers of every block the slice touches. A block
+        // too short for its whole header keeps keystream there instead: a
+        // cut header would hold no generation, and tiny bodies of different
+        // generations would be the same bytes.
         let end = offset + buf.len() as u64;
         let mut block = offset / BLOCK_BYTES;
         while block * BLOCK_BYTES < end {
             let start = block * BLOCK_BYTES;
+            if start + HEADER_BYTES as u64 > self.size {
+                break;
+            }
             let header = self.header(block);
             let lo = start.max(offset);
             let hi = (start + HEADER_BYTES as u64).min(end);
@@ -236,6 +242,17 @@ mod tests {
                 body.slice(s, e),
                 whole[s as usize..e as usize],
                 "[{s}, {e})"
+            );
+        }
+    }
+
+    #[test]
+    fn every_size_differs_between_generations() {
+        for size in 1..=64u64 {
+            assert_ne!(
+                Body::new(3, "k", 1, size).to_vec(),
+                Body::new(3, "k", 2, size).to_vec(),
+                "size {size}"
             );
         }
     }

@@ -686,6 +686,7 @@ impl Workload {
             .await;
         let mut op = self.blank_op(w, OpKind::Get, Some(key.to_string()), ep);
         if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
+            op.detail = trace_detail(&r.body, 0);
             op.generation = r.generation();
             op.bytes = r.body_len;
             op.size = Some(r.body_len);
@@ -742,6 +743,7 @@ impl Workload {
             op.bytes = r.body_len;
             op.sha256 = Some(r.sha256);
             if let Some((first, last, total)) = r.content_range() {
+                op.detail = trace_detail(&r.body, first);
                 op.range = Some((first, last));
                 op.size = Some(total);
             } else {
@@ -772,6 +774,9 @@ impl Workload {
     ) -> Result<(), LedgerError> {
         let max = self.cfg.list_max_keys.to_string();
         let mut token: Option<String> = None;
+        // The page covers keys after this one (exclusive): the start-after
+        // key for the first page, then the previous page's last key.
+        let mut after = start_after.clone();
         for page in 0..self.cfg.list_pages_max {
             let mut query = vec![
                 ("list-type", "2"),
@@ -810,6 +815,7 @@ impl Workload {
                         op.detail = Some(
                             serde_json::json!({
                                 "page": page,
+                                "after": after,
                                 "start_after": if token.is_none() { start_after.clone() } else { None },
                                 "continuation": token,
                                 "max_keys": self.cfg.list_max_keys,
@@ -822,6 +828,9 @@ impl Workload {
                         next = parsed
                             .next_continuation_token
                             .filter(|_| parsed.is_truncated);
+                        if let Some(last) = parsed.contents.last() {
+                            after = Some(last.key.clone());
+                        }
                     }
                     Err(e) => {
                         // An unparsable answer observed nothing.
@@ -869,6 +878,22 @@ impl Workload {
             }
         }
     }
+}
+
+/// What the first intact block header in `bytes` (which start at object
+/// offset `offset`) says about who wrote them, as JSON for `ops.detail`.
+/// The oracle uses it to tell another key's bytes from corrupted ones.
+fn trace_detail(bytes: &[u8], offset: u64) -> Option<String> {
+    let h = body::trace(bytes, offset)?;
+    Some(
+        serde_json::json!({"trace": {
+            "key_tag": format!("{:016x}", h.key_tag),
+            "generation": h.generation,
+            "block": h.block,
+            "run_tag": format!("{:08x}", h.run_tag),
+        }})
+        .to_string(),
+    )
 }
 
 /// Key names: `<prefix>wNNN/kNNNNN`, sorted by worker then index.

@@ -1,0 +1,424 @@
+//! Synthetic histories, one per violation class and per tricky valid case.
+//! Each row reads like the contract: writes with intervals and outcomes, a
+//! read with what it saw, and the findings expected.
+
+use super::*;
+use crate::ledger::OpRecord;
+
+const SEED: u64 = 99;
+const PREFIX: &str = "run/";
+
+/// A history under construction; times are in arbitrary units.
+#[derive(Default)]
+struct H {
+    ops: Vec<OpRecord>,
+}
+
+fn k(name: &str) -> String {
+    format!("{PREFIX}{name}")
+}
+
+fn base_op(
+    id: u64,
+    kind: OpKind,
+    key: Option<String>,
+    t: (u64, u64),
+    outcome: Outcome,
+) -> OpRecord {
+    OpRecord {
+        id,
+        worker: 0,
+        kind,
+        key,
+        generation: None,
+        range_header: None,
+        range: None,
+        t_invoke_ns: t.0,
+        t_return_ns: t.1,
+        outcome,
+        http_status: Some(200),
+        error_class: None,
+        bytes: 0,
+        size: None,
+        sha256: None,
+        etag: None,
+        endpoint: 0,
+        detail: None,
+    }
+}
+
+/// What a read saw.
+enum Saw {
+    Absent,
+    /// The exact bytes of (key, generation, size), honest metadata.
+    Gen(&'static str, u64, u64),
+    /// Right bytes of generation g, metadata claiming another generation.
+    GenWithMeta(u64, u64, u64),
+    /// Right size, wrong bytes, no header.
+    Garbage(u64),
+}
+
+impl H {
+    fn push(&mut self, mut op: OpRecord) -> &mut H {
+        op.id = self.ops.len() as u64 + 1;
+        self.ops.push(op);
+        self
+    }
+
+    fn put(&mut self, key: &str, g: u64, size: u64, t: (u64, u64), outcome: Outcome) -> &mut H {
+        let mut op = base_op(0, OpKind::Put, Some(k(key)), t, outcome);
+        op.generation = Some(g);
+        op.size = Some(size);
+        op.sha256 = Some(Body::new(SEED, &k(key), g, size).sha256());
+        self.push(op)
+    }
+
+    fn del(&mut self, key: &str, g: u64, t: (u64, u64), outcome: Outcome) -> &mut H {
+        let mut op = base_op(0, OpKind::Delete, Some(k(key)), t, outcome);
+        op.generation = Some(g);
+        self.push(op)
+    }
+
+    fn get(&mut self, key: &str, t: (u64, u64), saw: Saw) -> &mut H {
+        let mut op = base_op(0, OpKind::Get, Some(k(key)), t, Outcome::Ok);
+        match saw {
+            Saw::Absent => op.http_status = Some(404),
+            Saw::Gen(of, g, size) => {
+                let body = Body::new(SEED, &k(of), g, size);
+                op.generation = Some(g);
+                op.size = Some(size);
+                op.sha256 = Some(body.sha256());
+                op.detail = trace_json(&body.slice(0, size.min(4096)));
+            }
+            Saw::GenWithMeta(g, size, meta) => {
+                op.generation = Some(meta);
+                op.size = Some(size);
+                op.sha256 = Some(Body::new(SEED, &k(key), g, size).sha256());
+            }
+            Saw::Garbage(size) => {
+                op.size = Some(size);
+                op.sha256 = Some([7; 32]);
+            }
+        }
+        self.push(op)
+    }
+
+    fn head(&mut self, key: &str, t: (u64, u64), size: u64, g: u64) -> &mut H {
+        let mut op = base_op(0, OpKind::Head, Some(k(key)), t, Outcome::Ok);
+        op.size = Some(size);
+        op.generation = Some(g);
+        self.push(op)
+    }
+
+    /// A Range GET answered with bytes [first, last] of (key, g, size).
+    fn range(
+        &mut self,
+        key: &str,
+        t: (u64, u64),
+        spec: &str,
+        answer: (u64, u64),
+        g: u64,
+        size: u64,
+    ) -> &mut H {
+        let mut op = base_op(0, OpKind::Range, Some(k(key)), t, Outcome::Ok);
+        op.range_header = Some(spec.into());
+        op.range = Some(answer);
+        op.size = Some(size);
+        op.generation = Some(g);
+        op.sha256 = Some(slice_sha256(
+            &Body::new(SEED, &k(key), g, size),
+            answer.0,
+            answer.1 + 1,
+        ));
+        self.push(op)
+    }
+
+    fn list(
+        &mut self,
+        t: (u64, u64),
+        after: Option<&str>,
+        keys: &[(&str, u64)],
+        truncated: bool,
+    ) -> &mut H {
+        let mut op = base_op(0, OpKind::List, None, t, Outcome::Ok);
+        let keys: Vec<(String, u64, Option<String>)> =
+            keys.iter().map(|(n, s)| (k(n), *s, None)).collect();
+        op.detail = Some(
+            serde_json::json!({"after": after.map(k), "keys": keys, "truncated": truncated})
+                .to_string(),
+        );
+        self.push(op)
+    }
+}
+
+fn trace_json(bytes: &[u8]) -> Option<String> {
+    let h = crate::workload::body::trace(bytes, 0)?;
+    Some(
+        serde_json::json!({"trace": {"key_tag": format!("{:016x}", h.key_tag), "generation": h.generation,
+                                     "block": h.block, "run_tag": format!("{:08x}", h.run_tag)}})
+        .to_string(),
+    )
+}
+
+use Outcome::{Ambiguous, Fail, Ok as Acked};
+
+/// One row: a history and the findings it must produce (none for valid ones).
+fn check_row(name: &str, h: &mut H, expected: &[Class]) {
+    let info = RunInfo {
+        seed: SEED,
+        prefix: PREFIX.into(),
+    };
+    let findings = check(&info, &h.ops).findings;
+    let classes: Vec<Class> = findings.iter().map(|f| f.class).collect();
+    assert_eq!(classes, expected, "{name}: {findings:#?}");
+}
+
+#[test]
+fn valid_histories_produce_no_findings() {
+    check_row(
+        "a read racing an overwrite may see either value",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Acked)
+            .get("a", (25, 35), Saw::Gen("a", 1, 10))
+            .get("a", (25, 35), Saw::Gen("a", 2, 20)),
+        &[],
+    );
+    check_row(
+        "an ambiguous write may become visible late, and the old value stays allowed",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Ambiguous)
+            .get("a", (100, 110), Saw::Gen("a", 2, 20))
+            .get("a", (120, 130), Saw::Gen("a", 1, 10)),
+        &[],
+    );
+    check_row(
+        "an ambiguous DELETE may or may not have happened",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .del("a", 2, (20, 30), Ambiguous)
+            .get("a", (40, 50), Saw::Absent)
+            .get("a", (60, 70), Saw::Gen("a", 1, 10)),
+        &[],
+    );
+    check_row(
+        "a 0-byte object",
+        H::default()
+            .put("a", 1, 0, (0, 10), Acked)
+            .get("a", (20, 30), Saw::Gen("a", 1, 0)),
+        &[],
+    );
+    check_row(
+        "a 404 for a key whose only write failed",
+        H::default()
+            .put("a", 1, 10, (0, 10), Fail)
+            .get("a", (20, 30), Saw::Absent),
+        &[],
+    );
+    check_row(
+        "a read during the first write may see absent",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .get("a", (5, 8), Saw::Absent),
+        &[],
+    );
+    check_row(
+        "ranges: first byte, last byte, suffix and window of the right generation",
+        H::default()
+            .put("a", 1, 5000, (0, 10), Acked)
+            .range("a", (20, 30), "bytes=0-0", (0, 0), 1, 5000)
+            .range("a", (20, 30), "bytes=-1", (4999, 4999), 1, 5000)
+            .range("a", (20, 30), "bytes=-100", (4900, 4999), 1, 5000)
+            .range("a", (20, 30), "bytes=4000-9000", (4000, 4999), 1, 5000),
+        &[],
+    );
+    check_row(
+        "HEAD agreeing with the acknowledged generation",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .head("a", (20, 30), 10, 1),
+        &[],
+    );
+    check_row(
+        "LIST pages racing a write and a DELETE",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("b", 1, 10, (20, 30), Acked)
+            .del("a", 2, (20, 30), Acked)
+            .list((25, 35), None, &[("a", 10)], false)
+            .list((25, 35), None, &[("b", 10)], false),
+        &[],
+    );
+    check_row(
+        "a truncated page covers only up to its last key",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("b", 1, 10, (0, 10), Acked)
+            .list((20, 30), None, &[("a", 10)], true)
+            .list((20, 30), Some("a"), &[("b", 10)], false),
+        &[],
+    );
+}
+
+#[test]
+fn each_violation_class_is_named() {
+    check_row(
+        "lost-write: 404 after an acknowledged PUT",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .get("a", (20, 30), Saw::Absent),
+        &[Class::LostWrite],
+    );
+    check_row(
+        "stale-read: an older generation after an acknowledged overwrite",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Acked)
+            .get("a", (40, 50), Saw::Gen("a", 1, 10)),
+        &[Class::StaleRead],
+    );
+    check_row(
+        "resurrection: the old value after an acknowledged DELETE",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .del("a", 2, (20, 30), Acked)
+            .get("a", (40, 50), Saw::Gen("a", 1, 10)),
+        &[Class::Resurrection],
+    );
+    check_row(
+        "corruption: bytes matching no generation",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .get("a", (20, 30), Saw::Garbage(10)),
+        &[Class::Corruption],
+    );
+    check_row(
+        "misdirected: another key's body",
+        H::default()
+            .put("a", 1, 5000, (0, 10), Acked)
+            .put("b", 1, 5000, (0, 10), Acked)
+            .get("a", (20, 30), Saw::Gen("b", 1, 5000)),
+        &[Class::Misdirected],
+    );
+    check_row(
+        "phantom: a generation whose write certainly failed",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 10, (20, 30), Fail)
+            .get("a", (40, 50), Saw::Gen("a", 2, 10)),
+        &[Class::Phantom],
+    );
+    check_row(
+        "phantom: a generation never written at all",
+        H::default()
+            .put("a", 1, 64, (0, 10), Acked)
+            .get("a", (20, 30), Saw::Gen("a", 7, 64)),
+        &[Class::Phantom],
+    );
+    check_row(
+        "metadata-mismatch: a HEAD with the wrong length",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .head("a", (20, 30), 11, 1),
+        &[Class::MetadataMismatch],
+    );
+    check_row(
+        "metadata-mismatch: the right bytes under another generation's metadata",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .get("a", (20, 30), Saw::GenWithMeta(1, 10, 3)),
+        &[Class::MetadataMismatch],
+    );
+    check_row(
+        "corruption: a shifted range",
+        H::default().put("a", 1, 5000, (0, 10), Acked).range(
+            "a",
+            (20, 30),
+            "bytes=0-9",
+            (1, 10),
+            1,
+            5000,
+        ),
+        &[Class::Corruption],
+    );
+    check_row(
+        "list-missing: an acknowledged key absent from a page covering it",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .list((20, 30), None, &[], false),
+        &[Class::ListMissing],
+    );
+    check_row(
+        "list-ghost: a deleted key still listed",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .del("a", 2, (20, 30), Acked)
+            .list((40, 50), None, &[("a", 10)], false),
+        &[Class::ListGhost],
+    );
+    check_row(
+        "metadata-mismatch: a listed size no allowed version has",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .list((20, 30), None, &[("a", 99)], false),
+        &[Class::MetadataMismatch],
+    );
+    check_row(
+        "list-protocol: keys out of order",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("b", 1, 10, (0, 10), Acked)
+            .list((20, 30), None, &[("b", 10), ("a", 10)], false),
+        &[Class::ListProtocol],
+    );
+    check_row(
+        "list-protocol: a continuation that repeats the previous page's last key",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("b", 1, 10, (0, 10), Acked)
+            .list((20, 30), Some("a"), &[("a", 10), ("b", 10)], false),
+        &[Class::ListProtocol],
+    );
+    check_row(
+        "phantom: a listed key this run never wrote",
+        H::default().put("a", 1, 10, (0, 10), Acked).list(
+            (20, 30),
+            None,
+            &[("a", 10), ("zz", 3)],
+            false,
+        ),
+        &[Class::Phantom],
+    );
+}
+
+#[test]
+fn findings_carry_their_witness() {
+    let mut h = H::default();
+    h.put("a", 1, 10, (0, 10), Acked)
+        .put("a", 2, 20, (20, 30), Acked)
+        .get("a", (40, 50), Saw::Gen("a", 1, 10));
+    let info = RunInfo {
+        seed: SEED,
+        prefix: PREFIX.into(),
+    };
+    let v = check(&info, &h.ops);
+    let f = &v.findings[0];
+    assert_eq!(f.key.as_deref(), Some("run/a"));
+    assert_eq!(f.op_id, 3);
+    assert_eq!(f.writes, vec![2]);
+    assert_eq!(f.expected, "g2 (20 bytes)");
+    assert!(f.seen.starts_with("g1 (10 bytes)"), "{}", f.seen);
+    assert_eq!(v.coverage.reads_checked, 1);
+}
+
+#[test]
+fn expected_ranges_follow_rfc_9110() {
+    assert_eq!(expected_range("bytes=0-0", 10), Some((0, 0)));
+    assert_eq!(expected_range("bytes=-1", 10), Some((9, 9)));
+    assert_eq!(expected_range("bytes=-100", 10), Some((0, 9)));
+    assert_eq!(expected_range("bytes=5-", 10), Some((5, 9)));
+    assert_eq!(expected_range("bytes=5-100", 10), Some((5, 9)));
+    assert_eq!(expected_range("bytes=10-", 10), None);
+    assert_eq!(expected_range("bytes=0-0", 0), None);
+}
