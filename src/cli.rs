@@ -33,8 +33,19 @@ pub enum Command {
     /// Boot a cluster and drive it with the seeded workload for a while,
     /// recording every operation in the run's ledger.sqlite.
     Soak(SoakArgs),
+    /// Re-check a run's ledger against the oracle's contract; exit 1 on findings.
+    Verify(VerifyArgs),
     /// Install the binary a profile needs into the cache, without booting.
     Install(InstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A run directory (or its ledger.sqlite).
+    pub run: PathBuf,
+    /// How many findings to print in full.
+    #[arg(long, default_value_t = 20)]
+    pub show: usize,
 }
 
 #[derive(Debug, Args)]
@@ -149,6 +160,7 @@ pub fn run(cli: Cli) -> u8 {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Soak(args) => soak(args).await,
+            Command::Verify(args) => verify(args),
             Command::Install(args) => install(args).await,
         }
     });
@@ -488,6 +500,10 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         Err(e) => Err(Error::Workload(format!("the workload panicked: {e}"))),
     };
     record_metrics(&ledger, &stats, clock);
+    ledger.send(Record::Meta {
+        key: "finished_at".into(),
+        value: crate::cluster::utc_now(),
+    })?;
     drop(ledger);
     let records = writer.finish()?;
     print_summary(&stats, clock.elapsed(), records, &ledger_path);
@@ -501,7 +517,8 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
     }
     workload_result?;
     println!(
-        "faultline: correctness is not checked yet (the oracle arrives with issue 4); the ledger holds the full history."
+        "faultline: the soak does not check online yet; check this run with: faultline verify {}",
+        cluster.run_dir().display()
     );
     println!(
         "reproduce: faultline soak --profile {} --seed {} --duration {}{}{}",
@@ -592,4 +609,85 @@ fn print_summary(
         records,
         ledger.display()
     );
+}
+
+fn verify(args: VerifyArgs) -> Result<u8, Error> {
+    use crate::ledger::LedgerReader;
+    let path = if args.run.is_dir() {
+        args.run.join("ledger.sqlite")
+    } else {
+        args.run.clone()
+    };
+    if !path.is_file() {
+        return Err(Error::Usage(format!("{}: no ledger there", path.display())));
+    }
+    let ledger = LedgerReader::open(&path)?;
+    let meta = |key: &str| -> Result<String, Error> {
+        ledger
+            .meta(key)?
+            .ok_or_else(|| Error::Usage(format!("{}: run_meta has no {key}", path.display())))
+    };
+    let seed: u64 = meta("seed")?
+        .parse()
+        .map_err(|_| Error::Usage(format!("{}: run_meta seed is not a number", path.display())))?;
+    let info = crate::oracle::RunInfo {
+        seed,
+        prefix: meta("prefix")?,
+        complete: ledger.meta("finished_at")?.is_some(),
+    };
+    let ops = ledger.ops()?;
+    let verdict = crate::oracle::check(&info, &ops);
+    let c = &verdict.coverage;
+    println!(
+        "checked {} reads and {} LIST pages ({} key checks) of {} operations; {} reads unavailable, {} ambiguous writes",
+        c.reads_checked,
+        c.list_pages_checked,
+        c.list_keys_checked,
+        ops.len(),
+        c.reads_unavailable,
+        c.ambiguous_writes
+    );
+    if !info.complete {
+        println!(
+            "the run did not finish cleanly: {} reads saw a write in flight when it stopped and prove nothing",
+            c.reads_unknown
+        );
+    }
+    if c.reads_checked == 0 {
+        println!("verdict: unknown (no read was checked)");
+        return Ok(exit::COVERAGE_GAP);
+    }
+    if verdict.findings.is_empty() {
+        println!("verdict: pass (no findings)");
+        return Ok(exit::PASS);
+    }
+    let mut by_class = std::collections::BTreeMap::new();
+    for f in &verdict.findings {
+        *by_class.entry(f.class.as_str()).or_insert(0u64) += 1;
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["class", "key", "op", "expected", "seen", "writes"]);
+    for f in verdict.findings.iter().take(args.show) {
+        table.add_row(vec![
+            f.class.as_str().to_string(),
+            f.key.clone().unwrap_or_default(),
+            f.op_id.to_string(),
+            f.expected.clone(),
+            f.seen.clone(),
+            f.writes
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    println!("{table}");
+    let counts: Vec<String> = by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    println!(
+        "verdict: FAIL ({} findings: {})",
+        verdict.findings.len(),
+        counts.join(", ")
+    );
+    Ok(exit::FINDINGS)
 }
