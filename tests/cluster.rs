@@ -629,6 +629,45 @@ async fn garage5_boots_five_nodes_with_three_replicas() {
     assert_all_gone_within(&pids, Duration::from_secs(1));
 }
 
+/// Runs the oracle over a run's ledger and fails on any finding other than
+/// the two deviations Garage 2.5.0 shows on a healthy cluster here:
+/// - a 206 with `Content-Range: bytes 0-18446744073709551615/0` for a
+///   suffix range of an empty object (RFC 9110 wants 416);
+/// - a LIST page, sent after a DELETE was acknowledged, still listing the
+///   deleted key (list-ghost; seen 1 to 450 ms after the DELETE returned).
+///
+/// Returns the verdict for further checks.
+fn verify_tolerating_known_garage_deviations(
+    ledger: &faultline::ledger::LedgerReader,
+) -> faultline::oracle::Verdict {
+    use faultline::oracle::{Class, RunInfo, check};
+    let info = RunInfo {
+        seed: ledger.meta("seed").unwrap().unwrap().parse().unwrap(),
+        prefix: ledger.meta("prefix").unwrap().unwrap(),
+        complete: ledger.meta("finished_at").unwrap().is_some(),
+    };
+    let verdict = check(&info, &ledger.ops().unwrap());
+    for f in &verdict.findings {
+        let known = match f.class {
+            Class::MetadataMismatch => f.seen.contains("-18446744073709551615/0 for bytes=-"),
+            Class::ListGhost => f.expected.starts_with("absent (DELETE"),
+            _ => false,
+        };
+        assert!(known, "unexpected finding: {f:#?}");
+    }
+    assert!(
+        verdict.coverage.reads_checked > 100,
+        "{:?}",
+        verdict.coverage
+    );
+    assert!(
+        verdict.coverage.list_pages_checked > 10,
+        "{:?}",
+        verdict.coverage
+    );
+    verdict
+}
+
 /// The run directory a CLI run created under `runs` (there is one).
 fn only_run_dir(runs: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
@@ -763,6 +802,13 @@ fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
         .count();
     assert_eq!(mismatched, 0);
     assert_every_ack_is_read_back(&ledger);
+    let verdict = verify_tolerating_known_garage_deviations(&ledger);
+    eprintln!(
+        "oracle: {:?}, {} known Garage deviations",
+        verdict.coverage,
+        verdict.findings.len()
+    );
+    assert!(ledger.meta("finished_at").unwrap().is_some());
     assert!(
         ledger
             .count("SELECT count(*) FROM metrics WHERE name = 'runner_rss_bytes'")
@@ -889,5 +935,8 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
     let ops = ledger.ops().unwrap();
     assert!(ops.len() > 200, "{} ops", ops.len());
     assert!(ops.iter().all(|o| o.t_return_ns >= o.t_invoke_ns));
+    // A killed runner's ledger verifies without false findings.
+    assert_eq!(ledger.meta("finished_at").unwrap(), None);
+    verify_tolerating_known_garage_deviations(&ledger);
     drop_node_data(ledger_path.parent().unwrap());
 }
