@@ -242,18 +242,28 @@ impl Interrupts {
     }
 }
 
-async fn up(args: UpArgs) -> Result<u8, Error> {
-    let mut interrupts = Interrupts::new();
-    let opts = args.cluster.boot_options();
-    eprintln!("faultline: seed {}", opts.seed);
-    let cluster = tokio::select! {
-        c = Cluster::boot(&opts) => c?,
+/// Boots the cluster; `None` if Ctrl-C came first.
+async fn boot_unless_interrupted(
+    opts: &BootOptions,
+    interrupts: &mut Interrupts,
+) -> Result<Option<Cluster>, Error> {
+    tokio::select! {
+        c = Cluster::boot(opts) => Ok(Some(c?)),
         _ = interrupts.next() => {
             // Dropping the boot future drops its supervisor, which kills
             // every node started so far.
             eprintln!("faultline: interrupted during boot; nothing is left running");
-            return Ok(exit::INFRA);
+            Ok(None)
         }
+    }
+}
+
+async fn up(args: UpArgs) -> Result<u8, Error> {
+    let mut interrupts = Interrupts::new();
+    let opts = args.cluster.boot_options();
+    eprintln!("faultline: seed {}", opts.seed);
+    let Some(cluster) = boot_unless_interrupted(&opts, &mut interrupts).await? else {
+        return Ok(exit::INFRA);
     };
     print_ready(&cluster);
     let mut watch = tokio::time::interval(Duration::from_secs(2));
@@ -356,12 +366,8 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         profile.workload.mix = crate::workload::plan::Mix::parse(mix).map_err(Error::Usage)?;
     }
     eprintln!("faultline: seed {}", opts.seed);
-    let cluster = tokio::select! {
-        c = Cluster::boot(&opts) => c?,
-        _ = interrupts.next() => {
-            eprintln!("faultline: interrupted during boot; nothing is left running");
-            return Ok(exit::INFRA);
-        }
+    let Some(cluster) = boot_unless_interrupted(&opts, &mut interrupts).await? else {
+        return Ok(exit::INFRA);
     };
     eprintln!(
         "faultline: {} ready in {:.1} s; run directory {}",

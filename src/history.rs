@@ -125,6 +125,19 @@ pub enum ErrorClass {
 }
 
 impl ErrorClass {
+    pub const ALL: [ErrorClass; 6] = [
+        ErrorClass::NotSent,
+        ErrorClass::Timeout,
+        ErrorClass::Transport,
+        ErrorClass::Truncated,
+        ErrorClass::ServerError,
+        ErrorClass::ClientError,
+    ];
+
+    pub fn parse(s: &str) -> Option<ErrorClass> {
+        ErrorClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ErrorClass::NotSent => "not_sent",

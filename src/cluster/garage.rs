@@ -232,18 +232,12 @@ impl Garage {
         let admin = format!("http://127.0.0.1:{}", node.ports["admin"]);
         let mut unmet = Vec::new();
         let health = async {
-            let resp = ctx
-                .http
-                .get(format!("{admin}/v2/GetClusterHealth"))
-                .bearer_auth(&self.secrets.admin_token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("HTTP {status}: {}", text.trim()));
-            }
+            let text = admin_get(
+                ctx,
+                &format!("{admin}/v2/GetClusterHealth"),
+                &self.secrets.admin_token,
+            )
+            .await?;
             let v: serde_json::Value =
                 serde_json::from_str(&text).map_err(|e| format!("bad JSON ({e}): {text}"))?;
             match v["status"].as_str() {
@@ -259,21 +253,8 @@ impl Garage {
                 None => Err(format!("no status in {text}")),
             }
         };
-        let metrics = async {
-            let resp = ctx
-                .http
-                .get(format!("{admin}/metrics"))
-                .bearer_auth(&self.secrets.metrics_token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let text = resp.text().await.map_err(|e| e.to_string())?;
-            if !status.is_success() {
-                return Err(format!("HTTP {status}"));
-            }
-            Ok(text)
-        };
+        let metrics_url = format!("{admin}/metrics");
+        let metrics = admin_get(ctx, &metrics_url, &self.secrets.metrics_token);
         let (health, metrics) = tokio::join!(health, metrics);
         if let Err(detail) = health {
             unmet.push(Unmet::node(node, "GetClusterHealth", detail));
@@ -294,6 +275,23 @@ impl Garage {
         }
         unmet
     }
+}
+
+/// GETs an admin-API URL with a bearer token; the body, or why not.
+async fn admin_get(ctx: &Ctx, url: &str, token: &str) -> Result<String, String> {
+    let resp = ctx
+        .http
+        .get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| e.to_string())?;
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {}", text.trim()));
+    }
+    Ok(text)
 }
 
 /// Renders one node's `garage.toml`.

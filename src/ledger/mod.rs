@@ -610,7 +610,7 @@ impl LedgerReader {
                     t_return_ns: r.get::<_, i64>(9)? as u64,
                     outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Unavailable),
                     http_status: r.get(11)?,
-                    error_class: class.as_deref().and_then(parse_class),
+                    error_class: class.as_deref().and_then(ErrorClass::parse),
                     bytes: r.get::<_, i64>(13)? as u64,
                     size: r.get::<_, Option<i64>>(14)?.map(|s| s as u64),
                     sha256: sha.and_then(|s| s.try_into().ok()),
@@ -622,20 +622,6 @@ impl LedgerReader {
             .map_err(sql_err(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
     }
-}
-
-fn parse_class(s: &str) -> Option<ErrorClass> {
-    use ErrorClass::*;
-    [
-        NotSent,
-        Timeout,
-        Transport,
-        Truncated,
-        ServerError,
-        ClientError,
-    ]
-    .into_iter()
-    .find(|c| c.as_str() == s)
 }
 
 #[cfg(test)]
