@@ -434,32 +434,48 @@ impl Ctx<'_> {
         {
             return Vec::new();
         }
+        // Bytes can be identical under two generations (every empty body
+        // is), so an allowed value must match the content and whatever
+        // generation the metadata names.
+        let names = |w: &Write| {
+            seen.generation()
+                .is_none_or(|g| w.deleted || g == w.generation)
+        };
+        if allowed
+            .values()
+            .any(|w| self.matches(key, &seen, w) && names(w))
+        {
+            return Vec::new();
+        }
+        let all = self.keys.writes.get(key).map(Vec::as_slice).unwrap_or(&[]);
         if let Some(v) = allowed.values().find(|w| self.matches(key, &seen, w)) {
-            // The content is allowed; its metadata must name the same generation.
-            return match seen.generation() {
-                Some(g) if !v.deleted && g != v.generation => vec![finding(
-                    Class::MetadataMismatch,
-                    format!(
-                        "the bytes of g{} with metadata generation g{g}",
-                        v.generation
-                    ),
-                )],
-                _ => Vec::new(),
-            };
+            // Allowed bytes under another generation's metadata: if that
+            // generation was written with the same bytes, that is what was seen.
+            let g = seen.generation().unwrap_or_default();
+            if let Some(m) = all
+                .iter()
+                .find(|w| w.generation == g && self.matches(key, &seen, w))
+            {
+                let class = unallowed_class(m, allowed.base);
+                return vec![finding(
+                    class,
+                    format!("{} ({})", m.describe(), seen.describe()),
+                )];
+            }
+            return vec![finding(
+                Class::MetadataMismatch,
+                format!(
+                    "the bytes of g{} with metadata generation g{g}",
+                    v.generation
+                ),
+            )];
         }
         if let Seen::Absent = seen {
             return vec![finding(Class::LostWrite, seen.describe())];
         }
         // A value outside the allowed set: name it by what it was.
-        let all = self.keys.writes.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        if let Some(m) = all.iter().find(|w| self.matches(key, &seen, w)) {
-            let base = allowed.base;
-            let class = match base {
-                Some(b) if m.generation < b.generation && b.deleted => Class::Resurrection,
-                Some(b) if m.generation < b.generation => Class::StaleRead,
-                // Newer than anything invoked before the read returned.
-                _ => Class::Phantom,
-            };
+        if let Some(m) = all.iter().find(|w| self.matches(key, &seen, w) && names(w)) {
+            let class = unallowed_class(m, allowed.base);
             return vec![finding(
                 class,
                 format!("{} ({})", m.describe(), seen.describe()),
@@ -674,6 +690,16 @@ impl Ctx<'_> {
     /// A key whose every write failed still "was written" by this run.
     fn was_written(&self, key: &str) -> bool {
         self.keys.failed.keys().any(|(k, _)| k == key)
+    }
+}
+
+/// The name of having seen write `m`, which was not allowed after `base`.
+fn unallowed_class(m: &Write, base: Option<&Write>) -> Class {
+    match base {
+        Some(b) if m.generation < b.generation && b.deleted => Class::Resurrection,
+        Some(b) if m.generation < b.generation => Class::StaleRead,
+        // Newer than anything invoked before the read returned.
+        _ => Class::Phantom,
     }
 }
 

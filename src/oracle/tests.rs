@@ -231,6 +231,15 @@ fn valid_histories_produce_no_findings() {
         &[],
     );
     check_row(
+        "two empty generations: metadata naming either allowed one is fine",
+        H::default()
+            .put("a", 1, 0, (0, 10), Acked)
+            .put("a", 2, 0, (20, 30), Acked)
+            .get("a", (25, 35), Saw::GenWithMeta(1, 0, 2))
+            .get("a", (25, 35), Saw::GenWithMeta(2, 0, 1)),
+        &[],
+    );
+    check_row(
         "a 0-byte object",
         H::default()
             .put("a", 1, 0, (0, 10), Acked)
@@ -304,6 +313,14 @@ fn each_violation_class_is_named() {
             .put("a", 1, 10, (0, 10), Acked)
             .put("a", 2, 20, (20, 30), Acked)
             .get("a", (40, 50), Saw::Gen("a", 1, 10)),
+        &[Class::StaleRead],
+    );
+    check_row(
+        "stale-read of an empty object, told only by its metadata generation",
+        H::default()
+            .put("a", 1, 0, (0, 10), Acked)
+            .put("a", 2, 0, (20, 30), Acked)
+            .get("a", (40, 50), Saw::GenWithMeta(2, 0, 1)),
         &[Class::StaleRead],
     );
     check_row(
@@ -503,103 +520,111 @@ fn an_incomplete_ledger_does_not_call_an_unrecorded_in_flight_write_a_phantom() 
 /// before the first byte leaves and `t_return` after the last arrives, so
 /// an effect can never share an instant with those ends.) Such
 /// histories satisfy the contract, so the oracle must find nothing.
+fn correct_history(case: u64) -> H {
+    use rand::Rng;
+    let mut rng = crate::workload::plan::substream(case, "oracle-property", 0);
+    let keys = ["a", "b", "c", "d"];
+    // (key, apply time, generation, size or None for a delete)
+    let mut applied: Vec<(usize, u64, u64, Option<u64>)> = Vec::new();
+    let mut h = H::default();
+    for (ki, key) in keys.iter().enumerate() {
+        let mut t = rng.random_range(0..50u64);
+        for g in 1..=rng.random_range(1..12u64) {
+            let len = rng.random_range(1..40u64);
+            let (t0, t1) = (t, t + len);
+            let next_start = t1 + rng.random_range(1..30u64);
+            let outcome = match rng.random_range(0..10u32) {
+                0 => Fail,
+                1 | 2 => Ambiguous,
+                _ => Acked,
+            };
+            let size = (!rng.random_bool(0.2)).then(|| rng.random_range(0..100u64));
+            let at = match outcome {
+                Acked => Some(rng.random_range(t0 + 1..=t1)),
+                // Maybe never, maybe late, but before the next write starts.
+                Ambiguous => rng
+                    .random_bool(0.6)
+                    .then(|| rng.random_range(t0 + 1..next_start)),
+                _ => None,
+            };
+            if let Some(at) = at {
+                applied.push((ki, at, g, size));
+            }
+            match size {
+                Some(s) => h.put(key, g, s, (t0, t1), outcome),
+                None => h.del(key, g, (t0, t1), outcome),
+            };
+            t = next_start;
+        }
+    }
+    let state_at = |ki: usize, q: u64| -> Option<(u64, u64)> {
+        applied
+            .iter()
+            .filter(|(k, at, _, _)| *k == ki && *at <= q)
+            .max_by_key(|(_, at, g, _)| (*at, *g))
+            .and_then(|(_, _, g, size)| size.map(|s| (*g, s)))
+    };
+    for _ in 0..40 {
+        let a = rng.random_range(0..400u64);
+        let b = a + rng.random_range(1..30u64);
+        let q = rng.random_range(a..b);
+        if rng.random_bool(0.2) {
+            // One LIST walk at instant q, two keys a page.
+            let present: Vec<(&str, u64)> = keys
+                .iter()
+                .enumerate()
+                .filter_map(|(ki, k)| state_at(ki, q).map(|(_, s)| (*k, s)))
+                .collect();
+            let mut after: Option<&str> = None;
+            let pages: Vec<&[(&str, u64)]> = present.chunks(2).collect();
+            if pages.is_empty() {
+                h.list((a, b), None, &[], false);
+            }
+            for (i, page) in pages.iter().enumerate() {
+                let truncated = i + 1 < pages.len();
+                h.list((a, b), after, page, truncated);
+                after = page.last().map(|(k, _)| *k);
+            }
+            continue;
+        }
+        let ki = rng.random_range(0..keys.len());
+        match state_at(ki, q) {
+            None => h.get(keys[ki], (a, b), Saw::Absent),
+            Some((g, s)) => match rng.random_range(0..3u32) {
+                0 => h.get(keys[ki], (a, b), Saw::Gen(keys[ki], g, s)),
+                1 => h.head(keys[ki], (a, b), s, g),
+                _ if s > 0 => {
+                    let first = rng.random_range(0..s);
+                    h.range(
+                        keys[ki],
+                        (a, b),
+                        &format!("bytes={first}-"),
+                        (first, s - 1),
+                        g,
+                        s,
+                    )
+                }
+                _ => h.get(keys[ki], (a, b), Saw::Gen(keys[ki], g, s)),
+            },
+        };
+    }
+    h
+}
+
+fn info() -> RunInfo {
+    RunInfo {
+        seed: SEED,
+        prefix: PREFIX.into(),
+        complete: true,
+    }
+}
+
 #[test]
 fn histories_of_a_correct_store_never_produce_a_finding() {
-    use rand::Rng;
     let mut total = Coverage::default();
     for case in 0..200u64 {
-        let mut rng = crate::workload::plan::substream(case, "oracle-property", 0);
-        let keys = ["a", "b", "c", "d"];
-        // (key, apply time, generation, size or None for a delete)
-        let mut applied: Vec<(usize, u64, u64, Option<u64>)> = Vec::new();
-        let mut h = H::default();
-        for (ki, key) in keys.iter().enumerate() {
-            let mut t = rng.random_range(0..50u64);
-            for g in 1..=rng.random_range(1..12u64) {
-                let len = rng.random_range(1..40u64);
-                let (t0, t1) = (t, t + len);
-                let next_start = t1 + rng.random_range(1..30u64);
-                let outcome = match rng.random_range(0..10u32) {
-                    0 => Fail,
-                    1 | 2 => Ambiguous,
-                    _ => Acked,
-                };
-                let size = (!rng.random_bool(0.2)).then(|| rng.random_range(0..100u64));
-                let at = match outcome {
-                    Acked => Some(rng.random_range(t0 + 1..=t1)),
-                    // Maybe never, maybe late, but before the next write starts.
-                    Ambiguous => rng
-                        .random_bool(0.6)
-                        .then(|| rng.random_range(t0 + 1..next_start)),
-                    _ => None,
-                };
-                if let Some(at) = at {
-                    applied.push((ki, at, g, size));
-                }
-                match size {
-                    Some(s) => h.put(key, g, s, (t0, t1), outcome),
-                    None => h.del(key, g, (t0, t1), outcome),
-                };
-                t = next_start;
-            }
-        }
-        let state_at = |ki: usize, q: u64| -> Option<(u64, u64)> {
-            applied
-                .iter()
-                .filter(|(k, at, _, _)| *k == ki && *at <= q)
-                .max_by_key(|(_, at, g, _)| (*at, *g))
-                .and_then(|(_, _, g, size)| size.map(|s| (*g, s)))
-        };
-        for _ in 0..40 {
-            let a = rng.random_range(0..400u64);
-            let b = a + rng.random_range(1..30u64);
-            let q = rng.random_range(a..b);
-            if rng.random_bool(0.2) {
-                // One LIST walk at instant q, two keys a page.
-                let present: Vec<(&str, u64)> = keys
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(ki, k)| state_at(ki, q).map(|(_, s)| (*k, s)))
-                    .collect();
-                let mut after: Option<&str> = None;
-                let pages: Vec<&[(&str, u64)]> = present.chunks(2).collect();
-                if pages.is_empty() {
-                    h.list((a, b), None, &[], false);
-                }
-                for (i, page) in pages.iter().enumerate() {
-                    let truncated = i + 1 < pages.len();
-                    h.list((a, b), after, page, truncated);
-                    after = page.last().map(|(k, _)| *k);
-                }
-                continue;
-            }
-            let ki = rng.random_range(0..keys.len());
-            match state_at(ki, q) {
-                None => h.get(keys[ki], (a, b), Saw::Absent),
-                Some((g, s)) => match rng.random_range(0..3u32) {
-                    0 => h.get(keys[ki], (a, b), Saw::Gen(keys[ki], g, s)),
-                    1 => h.head(keys[ki], (a, b), s, g),
-                    _ if s > 0 => {
-                        let first = rng.random_range(0..s);
-                        h.range(
-                            keys[ki],
-                            (a, b),
-                            &format!("bytes={first}-"),
-                            (first, s - 1),
-                            g,
-                            s,
-                        )
-                    }
-                    _ => h.get(keys[ki], (a, b), Saw::Gen(keys[ki], g, s)),
-                },
-            };
-        }
-        let info = RunInfo {
-            seed: SEED,
-            prefix: PREFIX.into(),
-            complete: true,
-        };
-        let v = check(&info, &h.ops);
+        let h = correct_history(case);
+        let v = check(&info(), &h.ops);
         assert_eq!(v.findings, vec![], "case {case}");
         total.reads_checked += v.coverage.reads_checked;
         total.list_pages_checked += v.coverage.list_pages_checked;
