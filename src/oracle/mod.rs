@@ -481,6 +481,22 @@ impl Ctx<'_> {
                 format!("{} ({})", m.describe(), seen.describe()),
             )];
         }
+        // The block headers inside the bytes outweigh a generation number in
+        // a header: another key's bytes are misdirected, whatever their metadata.
+        if let Some((tag, generation, run)) = trace_of(op)
+            && run == self.run_tag
+            && tag != key_tag(key)
+        {
+            let other = self
+                .tags
+                .get(&tag)
+                .copied()
+                .unwrap_or("an unknown key of this run");
+            return vec![finding(
+                Class::Misdirected,
+                format!("bytes of {other} g{generation} ({})", seen.describe()),
+            )];
+        }
         if let Some(g) = seen.generation()
             && let Some(failed_op) = self.keys.failed.get(&(key.to_string(), g))
         {
@@ -527,17 +543,6 @@ impl Ctx<'_> {
         }
         // Bytes that match no write of this key: whose are they?
         match trace_of(op) {
-            Some((tag, generation, run)) if run == self.run_tag && tag != key_tag(key) => {
-                let other = self
-                    .tags
-                    .get(&tag)
-                    .copied()
-                    .unwrap_or("an unknown key of this run");
-                vec![finding(
-                    Class::Misdirected,
-                    format!("bytes of {other} g{generation} ({})", seen.describe()),
-                )]
-            }
             Some((tag, generation, run))
                 if run == self.run_tag
                     && tag == key_tag(key)

@@ -638,3 +638,183 @@ fn histories_of_a_correct_store_never_produce_a_finding() {
     );
     assert!(total.ambiguous_writes > 200, "{total:?}");
 }
+
+/// Rewrites a LIST page's entries.
+fn set_page_keys(op: &mut OpRecord, keys: Vec<serde_json::Value>) {
+    let mut page: serde_json::Value = serde_json::from_str(op.detail.as_deref().unwrap()).unwrap();
+    page["keys"] = serde_json::Value::Array(keys);
+    op.detail = Some(page.to_string());
+}
+
+fn page_keys(op: &OpRecord) -> (Vec<serde_json::Value>, bool) {
+    let page: serde_json::Value = serde_json::from_str(op.detail.as_deref().unwrap()).unwrap();
+    (
+        page["keys"].as_array().unwrap().clone(),
+        page["truncated"].as_bool().unwrap(),
+    )
+}
+
+/// Plants one fault of `class` into the first operation of a correct
+/// history where it is a violation; `None` if the history offers none.
+fn plant(ops: &[OpRecord], class: Class) -> Option<Vec<OpRecord>> {
+    let mut cov = Coverage::default();
+    let keys = Keys::build(ops, &mut cov);
+    let mut out = ops.to_vec();
+    for (i, op) in ops.iter().enumerate() {
+        let allowed = op
+            .key
+            .as_deref()
+            .map(|k| keys.allowed(k, op.t_invoke_ns, op.t_return_ns));
+        let present_get = op.kind == OpKind::Get && op.http_status == Some(200);
+        let o = &mut out[i];
+        let set_body = |o: &mut OpRecord, key: &str, g: u64, size: u64| {
+            let body = Body::new(SEED, key, g, size);
+            o.http_status = Some(200);
+            o.generation = Some(g);
+            o.size = Some(size);
+            o.sha256 = Some(body.sha256());
+            o.detail = trace_json(&body.slice(0, size.min(4096)));
+        };
+        match class {
+            Class::LostWrite if op.kind == OpKind::Get && !allowed.as_ref()?.absent_allowed() => {
+                o.http_status = Some(404);
+                (o.generation, o.size, o.sha256, o.detail) = (None, None, None, None);
+            }
+            Class::StaleRead | Class::Resurrection if op.kind == OpKind::Get => {
+                let a = allowed.as_ref()?;
+                let Some(base) = a.base else { continue };
+                if base.deleted != (class == Class::Resurrection) {
+                    continue;
+                }
+                let key = op.key.as_deref()?;
+                let older = keys.writes[key].iter().find(|w| {
+                    !w.deleted
+                        && w.generation < base.generation
+                        && w.size > 0
+                        && !a
+                            .present()
+                            .any(|v| v.size == w.size && v.sha256 == w.sha256)
+                });
+                let Some(m) = older else { continue };
+                set_body(o, key, m.generation, m.size);
+            }
+            Class::Corruption if present_get && op.size? > 0 => {
+                o.sha256 = Some([0xAB; 32]);
+                o.detail = None;
+            }
+            Class::Misdirected if present_get => {
+                let key = op.key.as_deref()?;
+                let other = keys.writes.iter().find_map(|(k, ws)| {
+                    (k != key)
+                        .then(|| ws.iter().find(|w| !w.deleted && w.size >= 32))?
+                        .map(|w| (k.clone(), w))
+                });
+                let Some((k2, w2)) = other else { continue };
+                set_body(o, &k2, w2.generation, w2.size);
+            }
+            Class::Phantom if present_get => set_body(o, op.key.as_deref()?, 999, 64),
+            Class::MetadataMismatch if op.kind == OpKind::Head && op.http_status == Some(200) => {
+                o.size = Some(op.size? + 1);
+            }
+            Class::ListMissing | Class::ListGhost | Class::ListProtocol
+                if op.kind == OpKind::List =>
+            {
+                let (entries, truncated) = page_keys(op);
+                let names: Vec<String> = entries
+                    .iter()
+                    .map(|e| e[0].as_str().unwrap().to_string())
+                    .collect();
+                let page_allowed = |k: &str| keys.allowed(k, op.t_invoke_ns, op.t_return_ns);
+                match class {
+                    Class::ListProtocol if entries.len() >= 2 => {
+                        let mut swapped = entries.clone();
+                        swapped.swap(0, 1);
+                        set_page_keys(o, swapped);
+                    }
+                    Class::ListMissing => {
+                        // Not the last entry of a truncated page: that one bounds the page.
+                        let limit = if truncated {
+                            names.len().saturating_sub(1)
+                        } else {
+                            names.len()
+                        };
+                        let Some(j) =
+                            (0..limit).find(|&j| !page_allowed(&names[j]).absent_allowed())
+                        else {
+                            continue;
+                        };
+                        let mut fewer = entries.clone();
+                        fewer.remove(j);
+                        set_page_keys(o, fewer);
+                    }
+                    Class::ListGhost => {
+                        let page: serde_json::Value =
+                            serde_json::from_str(op.detail.as_deref()?).unwrap();
+                        let after = page["after"]
+                            .as_str()
+                            .map(str::to_string)
+                            .unwrap_or_default();
+                        let ghost = keys.writes.keys().find(|k| {
+                            k.as_str() > after.as_str()
+                                && (!truncated
+                                    || names.last().is_some_and(|l| k.as_str() < l.as_str()))
+                                && !names.contains(k)
+                                && page_allowed(k).present().next().is_none()
+                        });
+                        let Some(ghost) = ghost else { continue };
+                        let mut more = entries.clone();
+                        more.push(serde_json::json!([ghost, 5, null]));
+                        more.sort_by(|x, y| x[0].as_str().cmp(&y[0].as_str()));
+                        set_page_keys(o, more);
+                    }
+                    _ => continue,
+                }
+            }
+            _ => continue,
+        }
+        return Some(out);
+    }
+    None
+}
+
+#[test]
+fn one_planted_fault_of_each_class_gives_exactly_that_finding() {
+    let classes = [
+        Class::LostWrite,
+        Class::StaleRead,
+        Class::Resurrection,
+        Class::Corruption,
+        Class::Misdirected,
+        Class::Phantom,
+        Class::MetadataMismatch,
+        Class::ListMissing,
+        Class::ListGhost,
+        Class::ListProtocol,
+    ];
+    for class in classes {
+        let mut planted = 0;
+        for case in 0..100u64 {
+            let h = correct_history(case);
+            let Some(ops) = plant(&h.ops, class) else {
+                continue;
+            };
+            let found: Vec<Class> = check(&info(), &ops)
+                .findings
+                .iter()
+                .map(|f| f.class)
+                .collect();
+            assert_eq!(
+                found,
+                vec![class],
+                "case {case}: planted {}",
+                class.as_str()
+            );
+            planted += 1;
+        }
+        assert!(
+            planted >= 20,
+            "only {planted} histories could take a {}",
+            class.as_str()
+        );
+    }
+}
