@@ -37,6 +37,25 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Install the binary a profile needs into the cache, without booting.
     Install(InstallArgs),
+    /// Measure the runner's own parts (see BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Offline verification throughput on a generated correct history.
+    Oracle {
+        /// Operations in the generated history.
+        #[arg(long, default_value_t = 1_000_000)]
+        ops: usize,
+        /// Keys they spread over.
+        #[arg(long, default_value_t = 10_000)]
+        keys: usize,
+        /// History seed.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -161,6 +180,9 @@ pub fn run(cli: Cli) -> u8 {
             Command::Up(args) => up(args).await,
             Command::Soak(args) => soak(args).await,
             Command::Verify(args) => verify(args),
+            Command::Bench(BenchCommand::Oracle { ops, keys, seed }) => {
+                bench_oracle(ops, keys, seed)
+            }
             Command::Install(args) => install(args).await,
         }
     });
@@ -696,4 +718,54 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
         counts.join(", ")
     );
     Ok(exit::FINDINGS)
+}
+
+fn bench_oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
+    if ops == 0 || keys == 0 {
+        return Err(Error::Usage("--ops and --keys must be at least 1".into()));
+    }
+    let started = std::time::Instant::now();
+    let (info, history) = crate::oracle::synth::history(seed, ops, keys);
+    let generated = started.elapsed();
+    let rss_after_generation = peak_rss_bytes();
+    let started = std::time::Instant::now();
+    let verdict = crate::oracle::check(&info, &history);
+    let checked = started.elapsed();
+    println!(
+        "history: {ops} operations over {keys} keys, generated in {:.2} s",
+        generated.as_secs_f64()
+    );
+    println!(
+        "check:   {:.3} s, {:.0} operations/s on one core; {} reads, {} LIST pages ({} key checks); {} findings",
+        checked.as_secs_f64(),
+        ops as f64 / checked.as_secs_f64().max(1e-9),
+        verdict.coverage.reads_checked,
+        verdict.coverage.list_pages_checked,
+        verdict.coverage.list_keys_checked,
+        verdict.findings.len()
+    );
+    println!(
+        "memory:  peak RSS {:.0} MiB (after generating the history: {:.0} MiB)",
+        peak_rss_bytes() as f64 / (1 << 20) as f64,
+        rss_after_generation as f64 / (1 << 20) as f64
+    );
+    Ok(if verdict.findings.is_empty() {
+        exit::PASS
+    } else {
+        exit::FINDINGS
+    })
+}
+
+/// The process's peak resident set (VmHWM), in bytes.
+fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
 }

@@ -25,6 +25,8 @@ use crate::ledger::OpRecord;
 use crate::s3::slice_sha256;
 use crate::workload::body::{Body, key_tag, run_tag};
 
+pub mod synth;
+
 /// The violation classes of oracle.md §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -197,23 +199,28 @@ impl Keys {
     }
 
     fn allowed<'a>(&'a self, key: &str, t_invoke: u64, t_return: u64) -> Allowed<'a> {
-        let Some(list) = self.writes.get(key) else {
-            return Allowed {
+        match self.writes.get(key) {
+            Some(list) => allowed_of(list, t_invoke, t_return),
+            None => Allowed {
                 base: None,
                 later: &[],
-            };
-        };
-        // Writes of a key never overlap, so returns are sorted too.
-        let returned_before = list.partition_point(|w| w.t_return < t_invoke);
-        let base_index = list[..returned_before]
-            .iter()
-            .rposition(|w| w.outcome == Outcome::Ok);
-        let from = base_index.map_or(0, |i| i + 1);
-        let started_before = list.partition_point(|w| w.t_invoke < t_return).max(from);
-        Allowed {
-            base: base_index.map(|i| &list[i]),
-            later: &list[from..started_before],
+            },
         }
+    }
+}
+
+/// The allowed set of one key's candidate writes for a read interval.
+fn allowed_of(list: &[Write], t_invoke: u64, t_return: u64) -> Allowed<'_> {
+    // Writes of a key never overlap, so returns are sorted too.
+    let returned_before = list.partition_point(|w| w.t_return < t_invoke);
+    let base_index = list[..returned_before]
+        .iter()
+        .rposition(|w| w.outcome == Outcome::Ok);
+    let from = base_index.map_or(0, |i| i + 1);
+    let started_before = list.partition_point(|w| w.t_invoke < t_return).max(from);
+    Allowed {
+        base: base_index.map(|i| &list[i]),
+        later: &list[from..started_before],
     }
 }
 
@@ -658,9 +665,9 @@ impl Ctx<'_> {
                 upper.as_deref().is_none_or(|u| k.as_str() <= u) && k.starts_with(&self.info.prefix)
             });
         let mut covered = 0;
-        for (key, _) in range {
+        for (key, list) in range {
             covered += 1;
-            let allowed = self.keys.allowed(key, op.t_invoke_ns, op.t_return_ns);
+            let allowed = allowed_of(list, op.t_invoke_ns, op.t_return_ns);
             let listed = on_page.get(key.as_str());
             let may_be_absent = allowed.absent_allowed();
             let may_be_present = allowed.present().next().is_some();
