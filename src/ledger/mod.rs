@@ -208,6 +208,33 @@ pub struct OpRecord {
     pub detail: Option<String>,
 }
 
+impl OpRecord {
+    /// An operation with nothing observed yet; callers set the rest with
+    /// struct update syntax.
+    pub fn new(kind: OpKind, key: Option<String>, outcome: Outcome) -> OpRecord {
+        OpRecord {
+            id: 0,
+            worker: 0,
+            kind,
+            key,
+            generation: None,
+            range_header: None,
+            range: None,
+            t_invoke_ns: 0,
+            t_return_ns: 0,
+            outcome,
+            http_status: None,
+            error_class: None,
+            bytes: 0,
+            size: None,
+            sha256: None,
+            etag: None,
+            endpoint: 0,
+            detail: None,
+        }
+    }
+}
+
 /// One write of a key (a PUT generation or a DELETE).
 #[derive(Debug, Clone, PartialEq)]
 pub struct VersionRecord {

@@ -160,23 +160,10 @@ mod tests {
     ) -> OpRecord {
         OpRecord {
             id,
-            worker: 0,
-            kind,
-            key: key.map(str::to_string),
             generation,
-            range_header: None,
-            range: None,
             t_invoke_ns: t,
             t_return_ns: t + len,
-            outcome,
-            http_status: None,
-            error_class: None,
-            bytes: 0,
-            size: None,
-            sha256: None,
-            etag: None,
-            endpoint: 0,
-            detail: None,
+            ..OpRecord::new(kind, key.map(str::to_string), outcome)
         }
     }
 

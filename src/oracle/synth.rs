@@ -30,23 +30,10 @@ pub fn history(seed: u64, ops: usize, keys: usize) -> (RunInfo, Vec<OpRecord>) {
     let mut out = Vec::with_capacity(ops);
     let blank = |id: u64, kind: OpKind, key: Option<String>, t: u64| OpRecord {
         id,
-        worker: 0,
-        kind,
-        key,
-        generation: None,
-        range_header: None,
-        range: None,
         t_invoke_ns: t,
         t_return_ns: t + OP_NS,
-        outcome: Outcome::Ok,
         http_status: Some(200),
-        error_class: None,
-        bytes: 0,
-        size: None,
-        sha256: None,
-        etag: None,
-        endpoint: 0,
-        detail: None,
+        ..OpRecord::new(kind, key, Outcome::Ok)
     };
     for i in 0..ops {
         let t = 10 + i as u64;

@@ -27,23 +27,10 @@ fn base_op(
 ) -> OpRecord {
     OpRecord {
         id,
-        worker: 0,
-        kind,
-        key,
-        generation: None,
-        range_header: None,
-        range: None,
         t_invoke_ns: t.0,
         t_return_ns: t.1,
-        outcome,
         http_status: Some(200),
-        error_class: None,
-        bytes: 0,
-        size: None,
-        sha256: None,
-        etag: None,
-        endpoint: 0,
-        detail: None,
+        ..OpRecord::new(kind, key, outcome)
     }
 }
 

@@ -458,24 +458,9 @@ impl Workload {
 
     fn blank_op(&self, worker: u32, kind: OpKind, key: Option<String>, ep: usize) -> OpRecord {
         OpRecord {
-            id: 0,
             worker,
-            kind,
-            key,
-            generation: None,
-            range_header: None,
-            range: None,
-            t_invoke_ns: 0,
-            t_return_ns: 0,
-            outcome: Outcome::Fail,
-            http_status: None,
-            error_class: None,
-            bytes: 0,
-            size: None,
-            sha256: None,
-            etag: None,
             endpoint: ep as u32,
-            detail: None,
+            ..OpRecord::new(kind, key, Outcome::Fail)
         }
     }
 
