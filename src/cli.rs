@@ -5,14 +5,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cluster::profile::Profile;
 use crate::cluster::{BootOptions, Cluster, ClusterError, provision};
 use crate::exit::{self, Error};
-use crate::history::{OpKind, Outcome};
-use crate::ledger::{Ledger, Record};
-use crate::workload::Workload;
+use crate::run::{self, Interrupts, RunConfig, boot_unless_interrupted};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -87,6 +84,9 @@ pub struct SoakArgs {
     /// is kept near faults and findings and for the last 10 minutes).
     #[arg(long, value_enum, default_value_t = RetentionMode::Auto)]
     pub retention: RetentionMode,
+    /// End the workload at the first violation (then verify and report).
+    #[arg(long)]
+    pub stop_on_violation: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -238,48 +238,6 @@ async fn install(args: InstallArgs) -> Result<u8, Error> {
     Ok(exit::PASS)
 }
 
-/// SIGINT (Ctrl-C) and SIGTERM, registered once for the whole command:
-/// a signal delivered while no one is waiting is kept for the next wait,
-/// where re-registering per wait would drop it.
-struct Interrupts {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Interrupts {
-    fn new() -> Interrupts {
-        // Registration fails only if the runtime has no signal driver, and
-        // this runtime is built with `enable_all`.
-        Interrupts {
-            int: signal(SignalKind::interrupt()).expect("signal driver is enabled"),
-            term: signal(SignalKind::terminate()).expect("signal driver is enabled"),
-        }
-    }
-
-    async fn next(&mut self) {
-        tokio::select! {
-            _ = self.int.recv() => {}
-            _ = self.term.recv() => {}
-        }
-    }
-}
-
-/// Boots the cluster; `None` if Ctrl-C came first.
-async fn boot_unless_interrupted(
-    opts: &BootOptions,
-    interrupts: &mut Interrupts,
-) -> Result<Option<Cluster>, Error> {
-    tokio::select! {
-        c = Cluster::boot(opts) => Ok(Some(c?)),
-        _ = interrupts.next() => {
-            // Dropping the boot future drops its supervisor, which kills
-            // every node started so far.
-            eprintln!("faultline: interrupted during boot; nothing is left running");
-            Ok(None)
-        }
-    }
-}
-
 async fn up(args: UpArgs) -> Result<u8, Error> {
     let mut interrupts = Interrupts::new();
     let opts = args.cluster.boot_options();
@@ -376,8 +334,8 @@ fn print_ready(cluster: &Cluster) {
 
 async fn soak(args: SoakArgs) -> Result<u8, Error> {
     let mut interrupts = Interrupts::new();
-    let opts = args.cluster.boot_options();
-    let mut profile = Profile::load(&opts.profile)?;
+    let boot = args.cluster.boot_options();
+    let mut profile = Profile::load(&boot.profile)?;
     if let Some(w) = args.workers {
         if w == 0 {
             return Err(Error::Usage("--workers must be at least 1".into()));
@@ -387,17 +345,6 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
     if let Some(mix) = &args.mix {
         profile.workload.mix = crate::workload::plan::Mix::parse(mix).map_err(Error::Usage)?;
     }
-    eprintln!("faultline: seed {}", opts.seed);
-    let Some(cluster) = boot_unless_interrupted(&opts, &mut interrupts).await? else {
-        return Ok(exit::INFRA);
-    };
-    eprintln!(
-        "faultline: {} ready in {:.1} s; run directory {}",
-        cluster.profile.name,
-        cluster.booted_in().as_secs_f64(),
-        cluster.run_dir().display()
-    );
-    let ledger_path = cluster.run_dir().join("ledger.sqlite");
     let retention = match args.retention {
         RetentionMode::On => Some(crate::ledger::Retention::default()),
         RetentionMode::Off => None,
@@ -405,153 +352,10 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
             (args.duration >= RETENTION_AUTO_MIN).then(crate::ledger::Retention::default)
         }
     };
-    eprintln!(
-        "faultline: ledger retention {}",
-        retention.map_or_else(
-            || "off: full history".to_string(),
-            |r| format!("on: {}", r.describe())
-        )
-    );
-    let (ledger, writer) = Ledger::create(&ledger_path, retention)?;
-    let run_name = cluster
-        .run_dir()
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let prefix = format!("faultline/{run_name}/");
-    let cfg = profile.workload.clone();
-    let meta = [
-        ("seed", opts.seed.to_string()),
-        ("profile", cluster.profile.name.clone()),
-        ("profile_path", opts.profile.display().to_string()),
-        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
-        (
-            "store_version",
-            cluster
-                .profile
-                .garage
-                .as_ref()
-                .map(|g| g.version.clone())
-                .unwrap_or_default(),
-        ),
-        (
-            "command_line",
-            std::env::args().collect::<Vec<_>>().join(" "),
-        ),
-        ("prefix", prefix.clone()),
-        (
-            "endpoints",
-            serde_json::to_string(&cluster.s3.endpoints).unwrap_or_default(),
-        ),
-        ("workload", serde_json::to_string(&cfg).unwrap_or_default()),
-        ("started_at", crate::cluster::utc_now()),
-        ("duration_ms", args.duration.as_millis().to_string()),
-    ];
-    for (key, value) in meta {
-        ledger.send(Record::Meta {
-            key: key.into(),
-            value,
-        })?;
-    }
-    let timeouts = Workload::s3_timeouts(&cfg);
-    let clients = cluster
-        .s3
-        .endpoints
-        .iter()
-        .map(|ep| cluster.s3.client(ep, timeouts))
-        .collect();
-    let clock = std::time::Instant::now();
-    let workload = Workload::new(
-        cfg.clone(),
-        opts.seed,
-        prefix,
-        clients,
-        ledger.clone(),
-        clock,
-    );
-    let stats = workload.stats.clone();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let mut running = tokio::spawn(workload.run(stop_rx));
-    let deadline = tokio::time::sleep(args.duration);
-    tokio::pin!(deadline);
-    let mut progress = tokio::time::interval(Duration::from_secs(args.progress_every_s.max(1)));
-    let mut snapshot = tokio::time::interval(Duration::from_secs(5));
-    let mut last_total = 0u64;
-    let mut finished_early = None;
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            _ = interrupts.next() => {
-                eprintln!("faultline: Ctrl-C: stopping the workload (Ctrl-C again during teardown kills the nodes)");
-                break;
-            }
-            r = &mut running => { finished_early = Some(r); break; }
-            _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
-            _ = progress.tick() => {
-                let total = stats.total();
-                eprintln!(
-                    "faultline: {:>6.0} s  {:>7} ops  {:>6.0} ops/s  {} not ok  live {} objects, {:.1} MiB",
-                    clock.elapsed().as_secs_f64(),
-                    total,
-                    (total - last_total) as f64 / args.progress_every_s.max(1) as f64,
-                    stats.errors(),
-                    stats.live_objects.load(std::sync::atomic::Ordering::Relaxed),
-                    stats.live_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64 / (1 << 20) as f64,
-                );
-                last_total = total;
-            }
-        }
-    }
-    let _ = stop_tx.send(true);
-    let joined = match finished_early {
-        Some(r) => r,
-        // Each worker finishes its current operation, which is bounded by
-        // the workload's total timeout (and a multipart upload by a few).
-        None => match tokio::time::timeout(
-            Duration::from_millis(cfg.total_timeout_ms * 8),
-            &mut running,
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => {
-                running.abort();
-                Ok(Err(crate::ledger::LedgerError::WriterGone(
-                    "the workers did not stop in time and were aborted".into(),
-                )))
-            }
-        },
-    };
-    let workload_result: Result<(), Error> = match joined {
-        Ok(r) => r.map_err(Error::from),
-        Err(e) => Err(Error::Workload(format!("the workload panicked: {e}"))),
-    };
-    record_metrics(&ledger, &stats, clock);
-    ledger.send(Record::Meta {
-        key: "finished_at".into(),
-        value: crate::cluster::utc_now(),
-    })?;
-    drop(ledger);
-    let records = writer.finish()?;
-    print_summary(&stats, clock.elapsed(), records, &ledger_path);
-    eprintln!("faultline: stopping the cluster");
-    tokio::select! {
-        r = cluster.shutdown() => r?,
-        _ = interrupts.next() => {
-            eprintln!("faultline: killing every node now");
-            cluster.kill_all().await?;
-        }
-    }
-    workload_result?;
-    println!(
-        "faultline: the soak does not check online yet; check this run with: faultline verify {}",
-        cluster.run_dir().display()
-    );
-    println!(
-        "reproduce: faultline soak --profile {} --seed {} --duration {}{}{}",
-        opts.profile.display(),
-        opts.seed,
+    let reproduce = format!(
+        "faultline soak --profile {} --seed {} --duration {}{}{}{}",
+        boot.profile.display(),
+        boot.seed,
         humantime::format_duration(args.duration),
         args.workers
             .map(|w| format!(" --workers {w}"))
@@ -560,164 +364,76 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
             .as_ref()
             .map(|m| format!(" --mix {m}"))
             .unwrap_or_default(),
+        if args.stop_on_violation {
+            " --stop-on-violation"
+        } else {
+            ""
+        },
     );
-    Ok(exit::PASS)
-}
-
-/// Snapshots the live counters and the runner's memory into the ledger.
-fn record_metrics(ledger: &Ledger, stats: &crate::workload::Stats, clock: std::time::Instant) {
-    let t_ns = clock.elapsed().as_nanos() as u64;
-    let rss = std::fs::read_to_string("/proc/self/statm")
-        .ok()
-        .and_then(|s| {
-            s.split_whitespace()
-                .nth(1)
-                .and_then(|p| p.parse::<f64>().ok())
-        })
-        .map(|pages| pages * 4096.0);
-    let mut values = vec![
-        ("ops_total", stats.total() as f64),
-        ("ops_not_ok", stats.errors() as f64),
-        (
-            "live_objects",
-            stats
-                .live_objects
-                .load(std::sync::atomic::Ordering::Relaxed) as f64,
-        ),
-        (
-            "live_bytes",
-            stats.live_bytes.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        ),
-        (
-            "readbacks",
-            stats.readbacks.load(std::sync::atomic::Ordering::Relaxed) as f64,
-        ),
-    ];
-    if let Some(rss) = rss {
-        values.push(("runner_rss_bytes", rss));
-    }
-    for (name, value) in values {
-        let _ = ledger.send(Record::Metric {
-            t_ns,
-            name: name.into(),
-            value,
-        });
-    }
-}
-
-fn print_summary(
-    stats: &crate::workload::Stats,
-    elapsed: Duration,
-    records: u64,
-    ledger: &std::path::Path,
-) {
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    table.set_header(vec!["op", "ok", "fail", "ambiguous", "unavailable"]);
-    for kind in OpKind::ALL {
-        let row: Vec<u64> = [
-            Outcome::Ok,
-            Outcome::Fail,
-            Outcome::Ambiguous,
-            Outcome::Unavailable,
-        ]
-        .into_iter()
-        .map(|o| stats.count(kind, o))
-        .collect();
-        let mut cells = vec![kind.as_str().to_string()];
-        cells.extend(row.iter().map(u64::to_string));
-        table.add_row(cells);
-    }
-    println!("{table}");
-    println!(
-        "faultline: {} operations in {:.0} s ({:.0} ops/s), {} ledger records in {}",
-        stats.total(),
-        elapsed.as_secs_f64(),
-        stats.total() as f64 / elapsed.as_secs_f64().max(0.001),
-        records,
-        ledger.display()
-    );
+    let cfg = RunConfig {
+        boot,
+        profile,
+        duration: args.duration,
+        retention,
+        stop_on_violation: args.stop_on_violation,
+        progress_every: Duration::from_secs(args.progress_every_s.max(1)),
+        reproduce,
+    };
+    run::soak(cfg, &mut interrupts).await
 }
 
 fn verify(args: VerifyArgs) -> Result<u8, Error> {
-    use crate::ledger::LedgerReader;
-    let path = if args.run.is_dir() {
-        args.run.join("ledger.sqlite")
-    } else {
-        args.run.clone()
-    };
-    if !path.is_file() {
-        return Err(Error::Usage(format!("{}: no ledger there", path.display())));
-    }
-    let ledger = LedgerReader::open(&path)?;
-    let meta = |key: &str| -> Result<String, Error> {
-        ledger
-            .meta(key)?
-            .ok_or_else(|| Error::Usage(format!("{}: run_meta has no {key}", path.display())))
-    };
-    let seed: u64 = meta("seed")?
-        .parse()
-        .map_err(|_| Error::Usage(format!("{}: run_meta seed is not a number", path.display())))?;
-    let info = crate::oracle::RunInfo {
-        seed,
-        prefix: meta("prefix")?,
-        complete: ledger.meta("finished_at")?.is_some(),
-    };
-    let ops = ledger.ops()?;
-    let verdict = crate::oracle::check(&info, &ops);
-    let c = &verdict.coverage;
+    let path = run::ledger_path(&args.run)?;
+    let v = run::verify(&path)?;
+    let c = &v.verdict.coverage;
     println!(
-        "checked {} reads and {} LIST pages ({} key checks) of {} operations; {} reads unavailable, {} ambiguous writes",
-        c.reads_checked,
-        c.list_pages_checked,
-        c.list_keys_checked,
-        ops.len(),
-        c.reads_unavailable,
-        c.ambiguous_writes
+        "{}: {} operations, {} contract",
+        path.display(),
+        v.operations,
+        v.info.contract.as_str()
     );
-    if !info.complete {
+    run::print_coverage(c);
+    run::print_findings(&v.verdict.findings, &v.tolerate, args.show);
+    // The online check recorded its findings as the run went: say whether
+    // this check agrees with it.
+    if v.agrees_with_online() {
         println!(
-            "the run did not finish cleanly: {} reads saw a write in flight when it stopped and prove nothing",
+            "the online check recorded the same {} findings",
+            v.recorded.len()
+        );
+    } else {
+        println!(
+            "the online check recorded {} findings, this check found {}: they differ",
+            v.recorded.len(),
+            v.verdict.findings.len()
+        );
+    }
+    if !v.info.complete {
+        println!(
+            "the run did not finish cleanly: {} reads could not be decided",
             c.reads_unknown
         );
+    }
+    let failing = v
+        .verdict
+        .findings
+        .iter()
+        .filter(|f| crate::cluster::profile::known_deviation(&v.tolerate, f).is_none())
+        .count();
+    if failing > 0 {
+        println!("verdict: FAIL ({failing} findings)");
+        return Ok(exit::FINDINGS);
     }
     if c.reads_checked == 0 {
         println!("verdict: unknown (no read was checked)");
         return Ok(exit::COVERAGE_GAP);
     }
-    if verdict.findings.is_empty() {
-        println!("verdict: pass (no findings)");
-        return Ok(exit::PASS);
+    if !v.info.complete {
+        println!("verdict: unknown (no findings, but the run was cut short)");
+        return Ok(exit::COVERAGE_GAP);
     }
-    let mut by_class = std::collections::BTreeMap::new();
-    for f in &verdict.findings {
-        *by_class.entry(f.class.as_str()).or_insert(0u64) += 1;
-    }
-    let mut table = comfy_table::Table::new();
-    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
-    table.set_header(vec!["class", "key", "op", "expected", "seen", "writes"]);
-    for f in verdict.findings.iter().take(args.show) {
-        table.add_row(vec![
-            f.class.as_str().to_string(),
-            f.key.clone().unwrap_or_default(),
-            f.op_id.to_string(),
-            f.expected.clone(),
-            f.seen.clone(),
-            f.writes
-                .iter()
-                .map(u64::to_string)
-                .collect::<Vec<_>>()
-                .join(" "),
-        ]);
-    }
-    println!("{table}");
-    let counts: Vec<String> = by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
-    println!(
-        "verdict: FAIL ({} findings: {})",
-        verdict.findings.len(),
-        counts.join(", ")
-    );
-    Ok(exit::FINDINGS)
+    println!("verdict: pass (no findings)");
+    Ok(exit::PASS)
 }
 
 fn bench_oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
@@ -727,9 +443,9 @@ fn bench_oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
     let started = std::time::Instant::now();
     let (info, history) = crate::oracle::synth::history(seed, ops, keys);
     let generated = started.elapsed();
-    let rss_after_generation = peak_rss_bytes();
+    let rss_after_generation = run::peak_rss_bytes();
     let started = std::time::Instant::now();
-    let verdict = crate::oracle::check(&info, &history);
+    let verdict = crate::oracle::check(&info, history);
     let checked = started.elapsed();
     println!(
         "history: {ops} operations over {keys} keys, generated in {:.2} s",
@@ -746,7 +462,7 @@ fn bench_oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
     );
     println!(
         "memory:  peak RSS {:.0} MiB (after generating the history: {:.0} MiB)",
-        peak_rss_bytes() as f64 / (1 << 20) as f64,
+        run::peak_rss_bytes() as f64 / (1 << 20) as f64,
         rss_after_generation as f64 / (1 << 20) as f64
     );
     Ok(if verdict.findings.is_empty() {
@@ -754,18 +470,4 @@ fn bench_oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
     } else {
         exit::FINDINGS
     })
-}
-
-/// The process's peak resident set (VmHWM), in bytes.
-fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
 }

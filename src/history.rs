@@ -106,6 +106,98 @@ impl OpKind {
     }
 }
 
+/// Which part of the runner issued an operation. The oracle relies on it:
+/// a worker's own operations run one after another, so once one of them
+/// returns at T, every write that worker invoked before T has been seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Origin {
+    /// The worker's own sequence of planned operations.
+    Worker,
+    /// A read-back of an acknowledged write, beside the worker's sequence.
+    Readback,
+    /// Final verification after the last fault healed (oracle.md §7).
+    Final,
+}
+
+impl Origin {
+    pub const ALL: [Origin; 3] = [Origin::Worker, Origin::Readback, Origin::Final];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Worker => "worker",
+            Origin::Readback => "readback",
+            Origin::Final => "final",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Origin> {
+        Origin::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
+/// What a LIST page observed, stored as JSON in `ops.detail`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ListDetail {
+    /// Page number within its walk, from 0.
+    #[serde(default)]
+    pub page: u32,
+    /// The page covers keys after this one (exclusive): the start-after key
+    /// of a walk's first page, then the previous page's last key.
+    pub after: Option<String>,
+    #[serde(default)]
+    pub start_after: Option<String>,
+    #[serde(default)]
+    pub continuation: Option<String>,
+    #[serde(default)]
+    pub max_keys: u32,
+    /// (key, size, ETag) in the order the server listed them.
+    pub keys: Vec<(String, u64, Option<String>)>,
+    pub truncated: bool,
+    #[serde(default)]
+    pub next: Option<String>,
+}
+
+/// Who wrote some bytes, as their block header says (`workload::body`);
+/// a read's first intact header is stored as JSON in `ops.detail`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    #[serde(with = "hex_u64")]
+    pub key_tag: u64,
+    pub generation: u64,
+    pub block: u64,
+    #[serde(with = "hex_u32")]
+    pub run_tag: u32,
+}
+
+/// The JSON object around a `Trace`: `{"trace": {...}}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct TraceDetail {
+    pub trace: Trace,
+}
+
+mod hex_u64 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:016x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        u64::from_str_radix(text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
+mod hex_u32 {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &u32, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:08x}"))
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        let text = <&str>::deserialize(d)?;
+        u32::from_str_radix(text, 16).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Why an operation did not get a meaningful answer, finer than `Outcome`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

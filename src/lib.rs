@@ -10,5 +10,6 @@ pub mod faults;
 pub mod history;
 pub mod ledger;
 pub mod oracle;
+pub mod run;
 pub mod s3;
 pub mod workload;

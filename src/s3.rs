@@ -100,11 +100,14 @@ impl S3Error {
 pub enum Payload<'a> {
     Empty,
     Bytes(Vec<u8>),
-    /// `body`'s bytes `[start, end)`, generated while sending.
+    /// `body`'s bytes `[start, end)`, generated while sending. Signing
+    /// needs their sha256; pass it when the caller already has it, so the
+    /// slice is not hashed twice.
     Slice {
         body: &'a Body,
         start: u64,
         end: u64,
+        sha256: Option<[u8; 32]>,
     },
 }
 
@@ -376,8 +379,13 @@ impl S3Client {
                 reqwest::Body::from(Vec::new()),
             ),
             Payload::Bytes(b) => (hex::encode(Sha256::digest(&b)), reqwest::Body::from(b)),
-            Payload::Slice { body, start, end } => {
-                let hash = slice_sha256(body, start, end);
+            Payload::Slice {
+                body,
+                start,
+                end,
+                sha256,
+            } => {
+                let hash = sha256.unwrap_or_else(|| slice_sha256(body, start, end));
                 let body = body.clone();
                 let pieces = futures::stream::iter(slices(start, end, UPLOAD_CHUNK_BYTES as u64))
                     .map(move |(s, e)| Ok::<_, std::io::Error>(body.slice(s, e)));

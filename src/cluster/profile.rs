@@ -58,6 +58,62 @@ pub struct Profile {
     /// The workload's settings; the command line overrides some of them.
     #[serde(default)]
     pub workload: crate::workload::WorkloadConfig,
+    #[serde(default)]
+    pub oracle: OracleSection,
+}
+
+/// What the oracle holds the store to.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OracleSection {
+    /// `"read-after-write"` (default; what Garage promises) or `"linearizable"`.
+    #[serde(default)]
+    pub contract: crate::oracle::Contract,
+    /// Known deviations of the store under test: findings they match are
+    /// still recorded and reported, as known, but do not fail the run.
+    #[serde(default)]
+    pub tolerate: Vec<Tolerance>,
+}
+
+/// One known deviation: a finding class, narrowed by what was expected or
+/// seen, and why it is tolerated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tolerance {
+    pub class: crate::oracle::Class,
+    /// The finding's `expected` text must contain this.
+    #[serde(default)]
+    pub expected_contains: Option<String>,
+    /// The finding's `seen` text must contain this.
+    #[serde(default)]
+    pub seen_contains: Option<String>,
+    /// Why: the store's behaviour and where it is documented.
+    pub reason: String,
+}
+
+impl Tolerance {
+    pub fn matches(&self, f: &crate::oracle::Finding) -> bool {
+        f.class == self.class
+            && self
+                .expected_contains
+                .as_deref()
+                .is_none_or(|s| f.expected.contains(s))
+            && self
+                .seen_contains
+                .as_deref()
+                .is_none_or(|s| f.seen.contains(s))
+    }
+}
+
+/// The reason of the first tolerance matching a finding, if any.
+pub fn known_deviation<'a>(
+    tolerate: &'a [Tolerance],
+    f: &crate::oracle::Finding,
+) -> Option<&'a str> {
+    tolerate
+        .iter()
+        .find(|t| t.matches(f))
+        .map(|t| t.reason.as_str())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

@@ -9,6 +9,12 @@
 //! mid-run leaves every committed batch readable, and readers (reports,
 //! `query`) never block the writer.
 //!
+//! The writer numbers operations in the order it receives them, and after
+//! each commit hands the committed operations and fault windows, in that
+//! same order, to an optional tap (the online oracle). `verify` reads the
+//! operations back in id order, so the online and the offline check see
+//! exactly the same sequence.
+//!
 //! The schema is versioned with `PRAGMA user_version`; see `SCHEMA` for the
 //! tables and views, which are documented in ARCHITECTURE.md too.
 
@@ -19,12 +25,12 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, params};
 
-use crate::history::{ErrorClass, OpKind, Outcome};
+use crate::history::{ErrorClass, OpKind, Origin, Outcome};
 
 pub mod retention;
 pub use retention::{Pruned, Retention};
 
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Records queued for the writer before producers wait.
 const QUEUE_MAX: usize = 16_384;
@@ -41,8 +47,9 @@ CREATE TABLE run_meta (
 -- Every operation attempt, one row each (oracle.md section 1).
 -- Times are nanoseconds since run start from one monotonic clock.
 CREATE TABLE ops (
-    id           INTEGER PRIMARY KEY,
+    id           INTEGER PRIMARY KEY,  -- the order the writer received it in
     worker       INTEGER NOT NULL,
+    origin       TEXT NOT NULL,     -- worker (its own sequence), readback, final (verification)
     kind         TEXT NOT NULL,     -- put overwrite multipart delete get head range list
     key          TEXT,              -- NULL for list
     generation   INTEGER,           -- writes: generation written; reads: generation seen (NULL: absent or none)
@@ -64,7 +71,8 @@ CREATE TABLE ops (
 CREATE INDEX ops_by_key ON ops (key, t_invoke_ns);
 CREATE INDEX ops_by_time ON ops (t_invoke_ns);
 
--- Every write a key went through, acknowledged or not (oracle.md section 2).
+-- Every write a key went through, acknowledged or not (oracle.md section 2),
+-- derived from the write's row in ops.
 CREATE TABLE versions (
     key        TEXT NOT NULL,
     generation INTEGER NOT NULL,
@@ -109,7 +117,8 @@ CREATE TABLE findings (
     t_ns      INTEGER NOT NULL,
     expected  TEXT NOT NULL,
     seen      TEXT NOT NULL,
-    witness   TEXT NOT NULL          -- JSON
+    witness   TEXT NOT NULL,         -- JSON: the read, the writes, the fault active
+    known     TEXT                   -- a known deviation of the store: why it is tolerated
 );
 
 -- Periodic snapshots: ops/s, errors, live objects and bytes, runner RSS.
@@ -183,13 +192,17 @@ pub struct FindingRecord {
     pub expected: String,
     pub seen: String,
     pub witness: String,
+    /// Set when the profile tolerates it as a known deviation: why.
+    pub known: Option<String>,
 }
 
 /// One operation, as recorded.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OpRecord {
+    /// Assigned by the ledger writer when it receives the record (0 until then).
     pub id: u64,
     pub worker: u32,
+    pub origin: Origin,
     pub kind: OpKind,
     pub key: Option<String>,
     pub generation: Option<u64>,
@@ -215,6 +228,7 @@ impl OpRecord {
         OpRecord {
             id: 0,
             worker: 0,
+            origin: Origin::Worker,
             kind,
             key,
             generation: None,
@@ -235,18 +249,6 @@ impl OpRecord {
     }
 }
 
-/// One write of a key (a PUT generation or a DELETE).
-#[derive(Debug, Clone, PartialEq)]
-pub struct VersionRecord {
-    pub key: String,
-    pub generation: u64,
-    pub deleted: bool,
-    pub size: u64,
-    pub sha256: Option<[u8; 32]>,
-    pub op_id: u64,
-    pub outcome: Outcome,
-}
-
 /// The accounting row of one key.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectRecord {
@@ -261,8 +263,8 @@ pub struct ObjectRecord {
 }
 
 pub enum Record {
+    /// An operation; a write also gets its `versions` row.
     Op(Box<OpRecord>),
-    Version(VersionRecord),
     Object(Box<ObjectRecord>),
     /// A read saw this generation of the key (present values only: a 404
     /// does not say which DELETE it saw).
@@ -285,6 +287,20 @@ pub enum Record {
     /// Answered once everything sent before it is committed.
     Flush(mpsc::SyncSender<()>),
 }
+
+/// What the writer hands to its tap after each commit, in commit order.
+#[derive(Debug)]
+pub enum Tapped {
+    Op(Box<OpRecord>),
+    Fault(Box<FaultRecord>),
+    /// Sent by the tap's owner, never by the writer, after a `flush`: no
+    /// more records will come.
+    End,
+}
+
+/// Where committed operations go (the online oracle). Bounded: a tap that
+/// falls behind slows the writer, and so the workload, instead of growing.
+pub type Tap = mpsc::SyncSender<Tapped>;
 
 /// The producers' handle. Cheap to clone; the writer stops when the last
 /// clone is dropped (after committing what was queued).
@@ -318,10 +334,12 @@ fn sql_err(path: &Path) -> impl FnOnce(rusqlite::Error) -> LedgerError + '_ {
 
 impl Ledger {
     /// Creates a new ledger file with the current schema and starts its
-    /// writer thread; with `retention`, old history is pruned as it goes.
+    /// writer thread; with `retention`, old history is pruned as it goes;
+    /// with `tap`, every committed operation and fault is handed on.
     pub fn create(
         path: &Path,
         retention: Option<Retention>,
+        tap: Option<Tap>,
     ) -> Result<(Ledger, LedgerWriter), LedgerError> {
         let conn = Connection::open(path).map_err(sql_err(path))?;
         conn.pragma_update(None, "journal_mode", "wal")
@@ -348,7 +366,7 @@ impl Ledger {
         let thread_path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("faultline-ledger".into())
-            .spawn(move || write_loop(conn, rx, &thread_path, retention))
+            .spawn(move || write_loop(conn, rx, &thread_path, retention, tap))
             .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
         Ok((
             Ledger {
@@ -384,9 +402,12 @@ fn write_loop(
     rx: mpsc::Receiver<Record>,
     path: &Path,
     retention: Option<Retention>,
+    mut tap: Option<Tap>,
 ) -> Result<u64, LedgerError> {
     let mut written = 0u64;
+    let mut next_id = 1u64;
     let mut batch = Vec::with_capacity(BATCH_MAX);
+    let mut tapped = Vec::with_capacity(BATCH_MAX);
     // The run's clock as far as the ledger knows it: the latest return.
     let mut now_ns = 0u64;
     let mut pruned_at_ns = 0u64;
@@ -404,12 +425,23 @@ fn write_loop(
         for record in batch.drain(..) {
             match record {
                 Record::Flush(done) => flushes.push(done),
-                other => {
-                    if let Record::Op(op) = &other {
+                mut other => {
+                    if let Record::Op(op) = &mut other {
+                        if op.id == 0 {
+                            op.id = next_id;
+                        }
+                        next_id = op.id + 1;
                         now_ns = now_ns.max(op.t_return_ns);
                     }
                     write_record(&tx, &other).map_err(sql_err(path))?;
                     written += 1;
+                    if tap.is_some() {
+                        match other {
+                            Record::Op(op) => tapped.push(Tapped::Op(op)),
+                            Record::Fault(f) => tapped.push(Tapped::Fault(f)),
+                            _ => {}
+                        }
+                    }
                 }
             }
         }
@@ -430,6 +462,20 @@ fn write_loop(
             .map_err(sql_err(path))?;
         }
         tx.commit().map_err(sql_err(path))?;
+        if let Some(t) = &tap {
+            let mut lost = false;
+            for item in tapped.drain(..) {
+                lost = lost || t.send(item).is_err();
+            }
+            if lost {
+                // The tap's reader is gone; the run goes on unchecked and
+                // says so (the online verdict becomes unknown).
+                tracing::error!(
+                    "the online oracle stopped; operations are no longer checked online"
+                );
+                tap = None;
+            }
+        }
         for done in flushes {
             let _ = done.send(());
         }
@@ -443,14 +489,15 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
     match record {
         Record::Op(op) => {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO ops (id, worker, kind, key, generation, range_header, range_start, range_end,
+                "INSERT INTO ops (id, worker, origin, kind, key, generation, range_header, range_start, range_end,
                                   t_invoke_ns, t_return_ns, outcome, http_status, error_class, bytes, size,
                                   sha256, etag, endpoint, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             )?;
             stmt.execute(params![
                 op.id as i64,
                 op.worker,
+                op.origin.as_str(),
                 op.kind.as_str(),
                 op.key,
                 op.generation.map(|g| g as i64),
@@ -469,21 +516,23 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
                 op.endpoint,
                 op.detail,
             ])?;
-        }
-        Record::Version(v) => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO versions (key, generation, deleted, size, sha256, op_id, outcome)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            stmt.execute(params![
-                v.key,
-                v.generation as i64,
-                v.deleted,
-                v.size as i64,
-                v.sha256.as_ref().map(|s| &s[..]),
-                v.op_id as i64,
-                v.outcome.as_str(),
-            ])?;
+            if let (true, Some(key), Some(generation)) =
+                (op.kind.is_write(), op.key.as_deref(), op.generation)
+            {
+                let mut stmt = tx.prepare_cached(
+                    "INSERT OR REPLACE INTO versions (key, generation, deleted, size, sha256, op_id, outcome)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?;
+                stmt.execute(params![
+                    key,
+                    generation as i64,
+                    op.kind == OpKind::Delete,
+                    op.size.unwrap_or(0) as i64,
+                    op.sha256.as_ref().map(|s| &s[..]),
+                    op.id as i64,
+                    op.outcome.as_str(),
+                ])?;
+            }
         }
         Record::Object(o) => {
             let mut stmt = tx.prepare_cached(
@@ -540,8 +589,8 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
         }
         Record::Finding(x) => {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO findings (class, key, op_id, fault_id, t_ns, expected, seen, witness)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO findings (class, key, op_id, fault_id, t_ns, expected, seen, witness, known)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?;
             stmt.execute(params![
                 x.class,
@@ -552,6 +601,7 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
                 x.expected,
                 x.seen,
                 x.witness,
+                x.known,
             ])?;
         }
         Record::Flush(_) => {}
@@ -609,46 +659,138 @@ impl LedgerReader {
 
     /// Every operation, in id order.
     pub fn ops(&self) -> Result<Vec<OpRecord>, LedgerError> {
+        let mut all = Vec::new();
+        self.for_each_op(|op| all.push(op))?;
+        Ok(all)
+    }
+
+    /// Streams every operation, in id order, without holding them all.
+    pub fn for_each_op(&self, mut f: impl FnMut(OpRecord)) -> Result<(), LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {OP_COLUMNS} FROM ops ORDER BY id"))
+            .map_err(sql_err(&self.path))?;
+        let mut rows = stmt.query([]).map_err(sql_err(&self.path))?;
+        while let Some(row) = rows.next().map_err(sql_err(&self.path))? {
+            f(op_from_row(row).map_err(sql_err(&self.path))?);
+        }
+        Ok(())
+    }
+
+    /// Operations matching a `WHERE` clause over `ops`, in id order.
+    pub fn ops_where(
+        &self,
+        condition: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<OpRecord>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!(
+                "SELECT {OP_COLUMNS} FROM ops WHERE {condition} ORDER BY id"
+            ))
+            .map_err(sql_err(&self.path))?;
+        let rows = stmt
+            .query_map(args, op_from_row)
+            .map_err(sql_err(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
+    }
+
+    /// Every fault window, in id order.
+    pub fn faults(&self) -> Result<Vec<FaultRecord>, LedgerError> {
         let mut stmt = self
             .conn
             .prepare(
-                "SELECT id, worker, kind, key, generation, range_header, range_start, range_end, t_invoke_ns,
-                        t_return_ns, outcome, http_status, error_class, bytes, size, sha256, etag, endpoint, detail
-                 FROM ops ORDER BY id",
+                "SELECT id, kind, target, t_start_ns, t_confirm_ns, t_end_ns, t_recovered_ns, recovery_ms, gate
+                 FROM faults ORDER BY id",
             )
             .map_err(sql_err(&self.path))?;
         let rows = stmt
             .query_map([], |r| {
-                let kind: String = r.get(2)?;
-                let outcome: String = r.get(10)?;
-                let class: Option<String> = r.get(12)?;
-                let sha: Option<Vec<u8>> = r.get(15)?;
-                let start: Option<i64> = r.get(6)?;
-                let end: Option<i64> = r.get(7)?;
-                Ok(OpRecord {
+                let opt = |i: usize| -> rusqlite::Result<Option<u64>> {
+                    Ok(r.get::<_, Option<i64>>(i)?.map(|v| v as u64))
+                };
+                Ok(FaultRecord {
                     id: r.get::<_, i64>(0)? as u64,
-                    worker: r.get(1)?,
-                    kind: OpKind::parse(&kind).unwrap_or(OpKind::Get),
-                    key: r.get(3)?,
-                    generation: r.get::<_, Option<i64>>(4)?.map(|g| g as u64),
-                    range_header: r.get(5)?,
-                    range: start.zip(end).map(|(s, e)| (s as u64, e as u64)),
-                    t_invoke_ns: r.get::<_, i64>(8)? as u64,
-                    t_return_ns: r.get::<_, i64>(9)? as u64,
-                    outcome: Outcome::parse(&outcome).unwrap_or(Outcome::Unavailable),
-                    http_status: r.get(11)?,
-                    error_class: class.as_deref().and_then(ErrorClass::parse),
-                    bytes: r.get::<_, i64>(13)? as u64,
-                    size: r.get::<_, Option<i64>>(14)?.map(|s| s as u64),
-                    sha256: sha.and_then(|s| s.try_into().ok()),
-                    etag: r.get(16)?,
-                    endpoint: r.get(17)?,
-                    detail: r.get(18)?,
+                    kind: r.get(1)?,
+                    target: r.get(2)?,
+                    t_start_ns: r.get::<_, i64>(3)? as u64,
+                    t_confirm_ns: opt(4)?,
+                    t_end_ns: opt(5)?,
+                    t_recovered_ns: opt(6)?,
+                    recovery_ms: opt(7)?,
+                    gate: r.get(8)?,
                 })
             })
             .map_err(sql_err(&self.path))?;
         rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
     }
+
+    /// Every finding, in the order they were recorded.
+    pub fn findings(&self) -> Result<Vec<FindingRecord>, LedgerError> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT class, key, op_id, fault_id, t_ns, expected, seen, witness, known FROM findings ORDER BY id",
+            )
+            .map_err(sql_err(&self.path))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(FindingRecord {
+                    class: r.get(0)?,
+                    key: r.get(1)?,
+                    op_id: r.get::<_, Option<i64>>(2)?.map(|v| v as u64),
+                    fault_id: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+                    t_ns: r.get::<_, i64>(4)? as u64,
+                    expected: r.get(5)?,
+                    seen: r.get(6)?,
+                    witness: r.get(7)?,
+                    known: r.get(8)?,
+                })
+            })
+            .map_err(sql_err(&self.path))?;
+        rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
+    }
+}
+
+const OP_COLUMNS: &str = "id, worker, origin, kind, key, generation, range_header, range_start, range_end, \
+     t_invoke_ns, t_return_ns, outcome, http_status, error_class, bytes, size, sha256, etag, endpoint, detail";
+
+fn op_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<OpRecord> {
+    let origin: String = r.get(2)?;
+    let kind: String = r.get(3)?;
+    let outcome: String = r.get(11)?;
+    let class: Option<String> = r.get(13)?;
+    let sha: Option<Vec<u8>> = r.get(16)?;
+    let start: Option<i64> = r.get(7)?;
+    let end: Option<i64> = r.get(8)?;
+    let bad = |col: usize, what: &str, value: &str| {
+        rusqlite::Error::FromSqlConversionFailure(
+            col,
+            rusqlite::types::Type::Text,
+            format!("unknown {what} {value:?}").into(),
+        )
+    };
+    Ok(OpRecord {
+        id: r.get::<_, i64>(0)? as u64,
+        worker: r.get(1)?,
+        origin: Origin::parse(&origin).ok_or_else(|| bad(2, "origin", &origin))?,
+        kind: OpKind::parse(&kind).ok_or_else(|| bad(3, "kind", &kind))?,
+        key: r.get(4)?,
+        generation: r.get::<_, Option<i64>>(5)?.map(|g| g as u64),
+        range_header: r.get(6)?,
+        range: start.zip(end).map(|(s, e)| (s as u64, e as u64)),
+        t_invoke_ns: r.get::<_, i64>(9)? as u64,
+        t_return_ns: r.get::<_, i64>(10)? as u64,
+        outcome: Outcome::parse(&outcome).ok_or_else(|| bad(11, "outcome", &outcome))?,
+        http_status: r.get(12)?,
+        error_class: class.as_deref().and_then(ErrorClass::parse),
+        bytes: r.get::<_, i64>(14)? as u64,
+        size: r.get::<_, Option<i64>>(15)?.map(|s| s as u64),
+        sha256: sha.and_then(|s| s.try_into().ok()),
+        etag: r.get(17)?,
+        endpoint: r.get(18)?,
+        detail: r.get(19)?,
+    })
 }
 
 #[cfg(test)]
@@ -659,6 +801,7 @@ mod tests {
         OpRecord {
             id,
             worker: (id % 3) as u32,
+            origin: Origin::ALL[id as usize % 3],
             kind,
             key: Some(format!("k{}", id % 10)),
             generation: Some(id),
@@ -682,7 +825,7 @@ mod tests {
     fn records_round_trip_and_views_answer() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
-        let (ledger, writer) = Ledger::create(&path, None).unwrap();
+        let (ledger, writer) = Ledger::create(&path, None, None).unwrap();
         ledger
             .send(Record::Meta {
                 key: "seed".into(),

@@ -252,7 +252,7 @@ mod tests {
             margin_ms: 2_000,
             every_ms: 5_000,
         };
-        let (ledger, writer) = Ledger::create(&path, Some(retention)).unwrap();
+        let (ledger, writer) = Ledger::create(&path, Some(retention), None).unwrap();
         ledger
             .send(Record::Fault(Box::new(FaultRecord {
                 id: 1,
@@ -276,24 +276,12 @@ mod tests {
                 expected: "g3".into(),
                 seen: "g2".into(),
                 witness: "{}".into(),
+                known: None,
             })))
             .unwrap();
         let all = history();
         for o in &all {
             ledger.send(Record::Op(Box::new(o.clone()))).unwrap();
-            if is_write(o) {
-                ledger
-                    .send(Record::Version(crate::ledger::VersionRecord {
-                        key: o.key.clone().unwrap(),
-                        generation: o.generation.unwrap(),
-                        deleted: o.kind == OpKind::Delete,
-                        size: 0,
-                        sha256: None,
-                        op_id: o.id,
-                        outcome: o.outcome,
-                    }))
-                    .unwrap();
-            }
         }
         drop(ledger);
         writer.finish().unwrap();

@@ -1,6 +1,9 @@
-//! The oracle: a pure function from a history of operations to findings,
-//! implementing `shared/design/oracle.md` §3–5. It does no I/O; callers
-//! hand it the operations (from the ledger, or as they complete).
+//! The oracle: judges a history of operations against the contract of
+//! `shared/design/oracle.md` §3–7. It does no I/O: callers feed it
+//! operations one by one, in the ledger's order (`Oracle::observe`), and
+//! take the findings it produces. The same engine runs online (fed by the
+//! ledger writer's tap) and offline (`faultline verify`, fed from the
+//! ledger), so both see the same sequence and agree.
 //!
 //! Keys are single-writer registers, so a key's writes are ordered in time
 //! as in generation, and for a read R:
@@ -8,19 +11,38 @@
 //!   (Absent if none);
 //! - `later(R)` are the candidate writes (`ok` or `ambiguous`) after base
 //!   that started before R returned;
-//! - R must have seen the value of base or of one of later.
+//! - R must have seen the value of base or of one of later (and, under the
+//!   linearizable contract, nothing older than what an earlier read saw).
+//!
+//! **Exact while streaming.** A read arrives as soon as it returns, but a
+//! write that started before it returned may still be in flight. A
+//! worker's own operations (origin `worker`) run one after another, so once
+//! one of them returns at T, every write that worker started before T has
+//! been seen. A read of a key is judged once the key's owner has progressed
+//! past the read's return (a LIST page, or a read of a key nobody has
+//! written yet, once every worker has); until then it waits. The final
+//! verification starts after every worker stopped, so its reads are judged
+//! at once. Judgments therefore never depend on when they are made.
+//!
+//! **Bounded memory.** No read lasts longer than `read_span_max_ns`, so a
+//! write can be dropped once a later acknowledged write returned before
+//! every read still to come started: it can no longer be `base` or in
+//! `later` of any of them. Memory grows with live keys and the span, not
+//! with the history. A read that arrives older than what was dropped for
+//! its key (impossible within the span) is counted unknown, never judged.
 //!
 //! A value is compared on what the read carries: a GET's sha256 and size,
 //! a HEAD's size and generation, a Range's bytes against the same slice of
 //! the allowed generation, and its `Content-Range` against the request.
 //! Bodies are a pure function of (seed, key, generation, size), so the
-//! oracle recomputes any slice it needs.
+//! oracle recomputes any slice it needs, even of a generation it dropped.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::history::{OpKind, Outcome};
+use crate::history::{ListDetail, OpKind, Origin, Outcome, TraceDetail};
 use crate::ledger::OpRecord;
 use crate::s3::slice_sha256;
 use crate::workload::body::{Body, key_tag, run_tag};
@@ -28,7 +50,7 @@ use crate::workload::body::{Body, key_tag, run_tag};
 pub mod synth;
 
 /// The violation classes of oracle.md §4.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Class {
     LostWrite,
@@ -38,12 +60,29 @@ pub enum Class {
     Misdirected,
     Phantom,
     MetadataMismatch,
+    NonMonotonic,
     ListMissing,
     ListGhost,
     ListProtocol,
+    Unrecoverable,
 }
 
 impl Class {
+    pub const ALL: [Class; 12] = [
+        Class::LostWrite,
+        Class::StaleRead,
+        Class::Resurrection,
+        Class::Corruption,
+        Class::Misdirected,
+        Class::Phantom,
+        Class::MetadataMismatch,
+        Class::NonMonotonic,
+        Class::ListMissing,
+        Class::ListGhost,
+        Class::ListProtocol,
+        Class::Unrecoverable,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Class::LostWrite => "lost-write",
@@ -53,36 +92,89 @@ impl Class {
             Class::Misdirected => "misdirected",
             Class::Phantom => "phantom",
             Class::MetadataMismatch => "metadata-mismatch",
+            Class::NonMonotonic => "non-monotonic",
             Class::ListMissing => "list-missing",
             Class::ListGhost => "list-ghost",
             Class::ListProtocol => "list-protocol",
+            Class::Unrecoverable => "unrecoverable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Class> {
+        Class::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+}
+
+/// Which consistency contract reads are held to (oracle.md §3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Contract {
+    /// What Garage promises: a read sees the last acknowledged write or a
+    /// write in flight.
+    #[default]
+    ReadAfterWrite,
+    /// Additionally, a read never goes back before what an earlier read saw.
+    Linearizable,
+}
+
+impl Contract {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::ReadAfterWrite => "read-after-write",
+            Contract::Linearizable => "linearizable",
         }
     }
 }
 
+/// One write of the key, as a witness shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WitnessWrite {
+    pub op_id: u64,
+    pub generation: u64,
+    pub deleted: bool,
+    pub size: u64,
+    pub t_invoke_ns: u64,
+    pub t_return_ns: u64,
+    pub outcome: Outcome,
+}
+
 /// One violation with its witness.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub class: Class,
     pub key: Option<String>,
-    /// The read (or LIST page) that saw it.
+    /// The read (or LIST page) that saw it, and its interval.
     pub op_id: u64,
+    pub t_invoke_ns: u64,
     pub t_ns: u64,
     pub expected: String,
     pub seen: String,
-    /// The key's writes that decided what was allowed (op ids).
-    pub writes: Vec<u64>,
+    /// The key's writes that decided what was allowed, and the one seen
+    /// when it is still known.
+    pub writes: Vec<WitnessWrite>,
+}
+
+impl Finding {
+    pub fn write_ids(&self) -> Vec<u64> {
+        self.writes.iter().map(|w| w.op_id).collect()
+    }
 }
 
 /// What a check covered, so a run cannot pass vacuously.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Coverage {
     pub reads_checked: u64,
     pub list_pages_checked: u64,
     pub list_keys_checked: u64,
     pub reads_unavailable: u64,
+    pub writes_acked: u64,
     pub ambiguous_writes: u64,
-    /// Reads of an incomplete ledger that saw a write it never recorded.
+    /// Final-verification reads and LIST pages checked.
+    pub final_reads_checked: u64,
+    pub final_list_pages_checked: u64,
+    /// Reads that could not be decided: on a ledger whose runner died, a
+    /// read whose writes may not all have been recorded; or a read older
+    /// than the history kept for its key.
     pub reads_unknown: u64,
 }
 
@@ -101,6 +193,25 @@ pub struct RunInfo {
     /// False for a ledger whose runner died: its last writes in flight were
     /// never recorded, so a read may have seen one of them.
     pub complete: bool,
+    pub contract: Contract,
+    /// Workers 0..workers issue the `worker`-origin operations.
+    pub workers: u32,
+    /// No read lasts longer than this (a bound on the workload's timeouts).
+    pub read_span_max_ns: u64,
+}
+
+impl RunInfo {
+    /// Defaults for a run: read-after-write, complete, a 5-minute span.
+    pub fn new(seed: u64, prefix: impl Into<String>, workers: u32) -> RunInfo {
+        RunInfo {
+            seed,
+            prefix: prefix.into(),
+            complete: true,
+            contract: Contract::ReadAfterWrite,
+            workers,
+            read_span_max_ns: 300 * 1_000_000_000,
+        }
+    }
 }
 
 /// A candidate write of one key.
@@ -124,21 +235,45 @@ impl Write {
             format!("g{} ({} bytes)", self.generation, self.size)
         }
     }
+
+    fn witness(&self) -> WitnessWrite {
+        WitnessWrite {
+            op_id: self.op_id,
+            generation: self.generation,
+            deleted: self.deleted,
+            size: self.size,
+            t_invoke_ns: self.t_invoke,
+            t_return_ns: self.t_return,
+            outcome: self.outcome,
+        }
+    }
 }
 
-/// What the allowed set is for one read interval.
+/// The allowed set for one read interval: base (or the initial Absent when
+/// there is none) and later, minus what is older than `floor` (the newest
+/// generation an earlier read saw, under the linearizable contract).
 struct Allowed<'a> {
     base: Option<&'a Write>,
     later: &'a [Write],
+    floor: u64,
 }
 
 impl<'a> Allowed<'a> {
-    fn values(&self) -> impl Iterator<Item = &'a Write> {
+    fn unfiltered(&self) -> impl Iterator<Item = &'a Write> {
         self.base.into_iter().chain(self.later.iter())
     }
 
+    fn values(&self) -> impl Iterator<Item = &'a Write> {
+        let floor = self.floor;
+        self.unfiltered().filter(move |w| w.generation >= floor)
+    }
+
+    fn initial_allowed(&self) -> bool {
+        self.base.is_none() && self.floor == 0
+    }
+
     fn absent_allowed(&self) -> bool {
-        self.base.is_none_or(|b| b.deleted) || self.later.iter().any(|w| w.deleted)
+        self.initial_allowed() || self.values().any(|w| w.deleted)
     }
 
     fn present(&self) -> impl Iterator<Item = &'a Write> {
@@ -147,70 +282,34 @@ impl<'a> Allowed<'a> {
 
     fn describe(&self) -> String {
         let mut parts: Vec<String> = Vec::new();
-        if self.base.is_none() {
+        if self.initial_allowed() {
             parts.push("absent (never written)".into());
         }
         parts.extend(self.values().map(Write::describe));
+        if parts.is_empty() {
+            return format!("nothing older than g{} (seen earlier)", self.floor);
+        }
         parts.join(" or ")
     }
 
-    fn op_ids(&self) -> Vec<u64> {
-        self.values().map(|w| w.op_id).collect()
-    }
-}
-
-/// The candidates of each key, sorted by generation (and so by time).
-struct Keys {
-    writes: BTreeMap<String, Vec<Write>>,
-    /// Generations whose write certainly failed, for naming phantoms.
-    failed: HashMap<(String, u64), u64>,
-}
-
-impl Keys {
-    fn build(ops: &[OpRecord], coverage: &mut Coverage) -> Keys {
-        let mut writes: BTreeMap<String, Vec<Write>> = BTreeMap::new();
-        let mut failed = HashMap::new();
-        for op in ops.iter().filter(|o| o.kind.is_write()) {
-            let (Some(key), Some(generation)) = (&op.key, op.generation) else {
-                continue;
-            };
-            if op.outcome == Outcome::Fail {
-                failed.insert((key.clone(), generation), op.id);
-                continue;
-            }
-            if op.outcome == Outcome::Ambiguous {
-                coverage.ambiguous_writes += 1;
-            }
-            writes.entry(key.clone()).or_default().push(Write {
-                op_id: op.id,
-                generation,
-                deleted: op.kind == OpKind::Delete,
-                size: op.size.unwrap_or(0),
-                sha256: op.sha256,
-                t_invoke: op.t_invoke_ns,
-                t_return: op.t_return_ns,
-                outcome: op.outcome,
-            });
-        }
-        for list in writes.values_mut() {
-            list.sort_by_key(|w| w.generation);
-        }
-        Keys { writes, failed }
-    }
-
-    fn allowed<'a>(&'a self, key: &str, t_invoke: u64, t_return: u64) -> Allowed<'a> {
-        match self.writes.get(key) {
-            Some(list) => allowed_of(list, t_invoke, t_return),
-            None => Allowed {
-                base: None,
-                later: &[],
-            },
-        }
+    fn witness(&self) -> Vec<WitnessWrite> {
+        self.unfiltered().map(Write::witness).collect()
     }
 }
 
 /// The allowed set of one key's candidate writes for a read interval.
-fn allowed_of(list: &[Write], t_invoke: u64, t_return: u64) -> Allowed<'_> {
+fn allowed_of(list: &[Write], t_invoke: u64, t_return: u64, floor: u64) -> Allowed<'_> {
+    // The common case: the last write was acknowledged before the read began.
+    if let Some(last) = list.last()
+        && last.t_return < t_invoke
+        && last.outcome == Outcome::Ok
+    {
+        return Allowed {
+            base: Some(last),
+            later: &[],
+            floor,
+        };
+    }
     // Writes of a key never overlap, so returns are sorted too.
     let returned_before = list.partition_point(|w| w.t_return < t_invoke);
     let base_index = list[..returned_before]
@@ -221,6 +320,68 @@ fn allowed_of(list: &[Write], t_invoke: u64, t_return: u64) -> Allowed<'_> {
     Allowed {
         base: base_index.map(|i| &list[i]),
         later: &list[from..started_before],
+        floor,
+    }
+}
+
+/// Failed generations remembered per key, for naming phantoms.
+const FAILED_KEPT_MAX: usize = 64;
+
+/// What the oracle keeps of one key.
+#[derive(Debug, Default)]
+struct KeyHist {
+    name: Arc<str>,
+    owner: u32,
+    /// Candidate writes (`ok`, `ambiguous`) still needed, by generation.
+    writes: Vec<Write>,
+    /// Recent writes that certainly failed: (generation, op id).
+    failed: VecDeque<(u64, u64)>,
+    /// The highest generation any write of this key carried.
+    max_generation: u64,
+    /// Reads invoked before this were already past when writes were dropped.
+    dropped_before_ns: u64,
+    /// Linearizable: (read's return, generation it saw), recent ones.
+    observed: VecDeque<(u64, u64)>,
+    /// Linearizable: the newest generation seen by a dropped observation.
+    observed_floor: u64,
+}
+
+impl KeyHist {
+    fn floor_for(&self, contract: Contract, t_invoke: u64) -> u64 {
+        if contract != Contract::Linearizable {
+            return 0;
+        }
+        self.observed
+            .iter()
+            .filter(|(t, _)| *t < t_invoke)
+            .map(|(_, g)| *g)
+            .max()
+            .unwrap_or(0)
+            .max(self.observed_floor)
+    }
+
+    fn allowed(&self, contract: Contract, t_invoke: u64, t_return: u64) -> Allowed<'_> {
+        let floor = self.floor_for(contract, t_invoke);
+        allowed_of(&self.writes, t_invoke, t_return, floor)
+    }
+
+    /// Drops what no read invoked at or after `horizon` can need.
+    fn prune(&mut self, horizon: u64) {
+        let returned_before = self.writes.partition_point(|w| w.t_return < horizon);
+        if let Some(b) = self.writes[..returned_before]
+            .iter()
+            .rposition(|w| w.outcome == Outcome::Ok)
+            && b > 0
+        {
+            self.writes.drain(..b);
+            self.dropped_before_ns = self.dropped_before_ns.max(horizon);
+        }
+        while let Some(&(t, g)) = self.observed.front()
+            && t < horizon
+        {
+            self.observed_floor = self.observed_floor.max(g);
+            self.observed.pop_front();
+        }
     }
 }
 
@@ -248,6 +409,40 @@ enum Seen<'a> {
 }
 
 impl Seen<'_> {
+    fn of(op: &OpRecord) -> Option<Seen<'_>> {
+        if op.http_status == Some(404) {
+            return Some(Seen::Absent);
+        }
+        Some(match op.kind {
+            OpKind::Get => Seen::Body {
+                size: op.size?,
+                sha: op.sha256?,
+                generation: op.generation,
+            },
+            OpKind::Head => Seen::Head {
+                size: op.size,
+                generation: op.generation,
+            },
+            OpKind::Range => match op.range {
+                Some((first, last)) => Seen::Range {
+                    first,
+                    last,
+                    total: op.size?,
+                    sha: op.sha256?,
+                    generation: op.generation,
+                    spec: op.range_header.as_deref().unwrap_or(""),
+                },
+                // A 200 to a range request carries the whole object.
+                None => Seen::Body {
+                    size: op.size?,
+                    sha: op.sha256?,
+                    generation: op.generation,
+                },
+            },
+            _ => return None,
+        })
+    }
+
     fn describe(&self) -> String {
         match self {
             Seen::Absent => "absent (404)".into(),
@@ -288,107 +483,330 @@ fn gen_str(g: Option<u64>) -> String {
     g.map_or("none".into(), |g| format!("g{g}"))
 }
 
-/// Checks a whole history.
-pub fn check(info: &RunInfo, ops: &[OpRecord]) -> Verdict {
-    let mut verdict = Verdict::default();
-    let keys = Keys::build(ops, &mut verdict.coverage);
-    let tags: HashMap<u64, &str> = keys
-        .writes
-        .keys()
-        .map(|k| (key_tag(k), k.as_str()))
-        .collect();
-    let ctx = Ctx {
-        info,
-        keys: &keys,
-        tags,
-        run_tag: run_tag(info.seed),
-    };
-    for op in ops {
-        match (op.kind, op.outcome) {
-            (OpKind::Get | OpKind::Head | OpKind::Range, Outcome::Ok) => {
-                if !info.complete && ctx.saw_unrecorded_write(op) {
-                    verdict.coverage.reads_unknown += 1;
-                    continue;
-                }
-                verdict.coverage.reads_checked += 1;
-                verdict.findings.extend(ctx.check_read(op));
-            }
-            (OpKind::List, Outcome::Ok) => {
-                verdict.coverage.list_pages_checked += 1;
-                let (findings, keys_checked) = ctx.check_page(op);
-                verdict.coverage.list_keys_checked += keys_checked;
-                verdict.findings.extend(findings);
-            }
-            (k, Outcome::Unavailable) if !k.is_write() => verdict.coverage.reads_unavailable += 1,
-            _ => {}
-        }
-    }
-    verdict
-}
-
-struct Ctx<'a> {
-    info: &'a RunInfo,
-    keys: &'a Keys,
-    tags: HashMap<u64, &'a str>,
+/// The streaming checker. Feed every operation in ledger order with
+/// `observe`, collect findings with `take_findings`, end with `finish`.
+pub struct Oracle {
+    info: RunInfo,
     run_tag: u32,
+    /// Every key any write named: its index into `hists`, for lookups...
+    index: HashMap<Arc<str>, usize>,
+    /// ...and in order, for the key range of a LIST page.
+    ordered: BTreeMap<Arc<str>, usize>,
+    hists: Vec<KeyHist>,
+    /// Key tag to key index, to name whose bytes a misdirected read got.
+    tags: HashMap<u64, usize>,
+    /// Per worker: the latest return of its own (`worker`-origin) operations.
+    progress: Vec<u64>,
+    /// Every worker has stopped (the final verification began).
+    quiescent: bool,
+    now_ns: u64,
+    /// Reads waiting for their key's owner, per owner.
+    waiting_owner: Vec<VecDeque<OpRecord>>,
+    /// LIST pages and reads of keys nobody wrote yet, waiting for everyone.
+    waiting_all: VecDeque<OpRecord>,
+    /// Invocation times of waiting reads (time → count), for pruning.
+    waiting_invokes: BTreeMap<u64, u32>,
+    coverage: Coverage,
+    out: Vec<Finding>,
 }
 
-impl Ctx<'_> {
-    fn seen<'o>(&self, op: &'o OpRecord) -> Option<Seen<'o>> {
-        if op.http_status == Some(404) {
-            return Some(Seen::Absent);
+impl Oracle {
+    pub fn new(info: RunInfo) -> Oracle {
+        let workers = info.workers as usize;
+        Oracle {
+            run_tag: run_tag(info.seed),
+            info,
+            index: HashMap::new(),
+            ordered: BTreeMap::new(),
+            hists: Vec::new(),
+            tags: HashMap::new(),
+            progress: vec![0; workers],
+            quiescent: false,
+            now_ns: 0,
+            waiting_owner: (0..workers).map(|_| VecDeque::new()).collect(),
+            waiting_all: VecDeque::new(),
+            waiting_invokes: BTreeMap::new(),
+            coverage: Coverage::default(),
+            out: Vec::new(),
         }
-        Some(match op.kind {
-            OpKind::Get => Seen::Body {
-                size: op.size?,
-                sha: op.sha256?,
-                generation: op.generation,
-            },
-            OpKind::Head => Seen::Head {
-                size: op.size,
-                generation: op.generation,
-            },
-            OpKind::Range => match op.range {
-                Some((first, last)) => Seen::Range {
-                    first,
-                    last,
-                    total: op.size?,
-                    sha: op.sha256?,
-                    generation: op.generation,
-                    spec: op.range_header.as_deref().unwrap_or(""),
-                },
-                // A 200 to a range request carries the whole object.
-                None => Seen::Body {
-                    size: op.size?,
-                    sha: op.sha256?,
-                    generation: op.generation,
-                },
-            },
-            _ => return None,
-        })
     }
 
-    /// Did this read see a generation newer than every recorded write of
-    /// its key (a write in flight when an incomplete ledger ends)?
-    fn saw_unrecorded_write(&self, op: &OpRecord) -> bool {
-        let (Some(key), Some(g)) = (op.key.as_deref(), op.generation) else {
-            return false;
+    pub fn info(&self) -> &RunInfo {
+        &self.info
+    }
+
+    pub fn coverage(&self) -> &Coverage {
+        &self.coverage
+    }
+
+    /// Findings produced since the last call.
+    pub fn take_findings(&mut self) -> Vec<Finding> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Candidate writes held in memory, over every key.
+    pub fn held_writes(&self) -> usize {
+        self.hists.iter().map(|kh| kh.writes.len()).sum()
+    }
+
+    /// Reads waiting for a writer to progress past them.
+    pub fn waiting(&self) -> usize {
+        self.waiting_invokes.values().map(|n| *n as usize).sum()
+    }
+
+    /// Feeds one operation, in ledger order.
+    pub fn observe(&mut self, op: OpRecord) {
+        self.now_ns = self.now_ns.max(op.t_return_ns);
+        if op.origin == Origin::Final && !self.quiescent {
+            // The workers have all stopped: nothing more is in flight.
+            self.quiescent = true;
+            self.release_all(true);
+        }
+        let progressed = (op.origin == Origin::Worker && !self.quiescent)
+            .then_some((op.worker as usize, op.t_return_ns));
+        if op.kind.is_write() {
+            self.add_write(&op);
+        } else {
+            self.route_read(op);
+        }
+        if let Some((w, t)) = progressed {
+            self.advance(w, t);
+        }
+    }
+
+    /// Judges every read still waiting and returns the verdict.
+    pub fn finish(mut self) -> Verdict {
+        self.quiescent = true;
+        // A waiting read of a complete ledger has every write it needs; one
+        // of a runner that died may lack a write that was never recorded.
+        let exact = self.info.complete;
+        self.release_all(exact);
+        Verdict {
+            findings: self.out,
+            coverage: self.coverage,
+        }
+    }
+
+    fn add_write(&mut self, op: &OpRecord) {
+        let (Some(key), Some(generation)) = (&op.key, op.generation) else {
+            return;
         };
-        let newest = self
-            .keys
-            .writes
-            .get(key)
-            .and_then(|w| w.last())
-            .map_or(0, |w| w.generation);
-        let newest_failed = self
-            .keys
-            .failed
-            .keys()
-            .filter(|(k, _)| k == key)
-            .map(|(_, g)| *g)
-            .max()
-            .unwrap_or(0);
-        g > newest.max(newest_failed)
+        let i = match self.index.get(key.as_str()) {
+            Some(&i) => i,
+            None => {
+                let i = self.hists.len();
+                let name: Arc<str> = Arc::from(key.as_str());
+                self.hists.push(KeyHist {
+                    name: name.clone(),
+                    owner: op.worker,
+                    ..KeyHist::default()
+                });
+                self.index.insert(name.clone(), i);
+                self.ordered.insert(name, i);
+                self.tags.insert(key_tag(key), i);
+                i
+            }
+        };
+        let horizon = self.horizon();
+        let kh = &mut self.hists[i];
+        kh.max_generation = kh.max_generation.max(generation);
+        match op.outcome {
+            Outcome::Fail => {
+                kh.failed.push_back((generation, op.id));
+                if kh.failed.len() > FAILED_KEPT_MAX {
+                    kh.failed.pop_front();
+                }
+                return;
+            }
+            Outcome::Ok => self.coverage.writes_acked += 1,
+            _ => self.coverage.ambiguous_writes += 1,
+        }
+        let write = Write {
+            op_id: op.id,
+            generation,
+            deleted: op.kind == OpKind::Delete,
+            size: op.size.unwrap_or(0),
+            sha256: op.sha256,
+            t_invoke: op.t_invoke_ns,
+            t_return: op.t_return_ns,
+            outcome: op.outcome,
+        };
+        // Generations only grow, but a hand-made history may disagree.
+        let at = kh.writes.partition_point(|w| w.generation < generation);
+        kh.writes.insert(at, write);
+        kh.prune(horizon);
+    }
+
+    /// The earliest invocation any read still to be judged can have.
+    fn horizon(&self) -> u64 {
+        let span = self.now_ns.saturating_sub(self.info.read_span_max_ns);
+        match self.waiting_invokes.keys().next() {
+            Some(&t) => span.min(t),
+            None => span,
+        }
+    }
+
+    fn route_read(&mut self, op: OpRecord) {
+        if op.outcome != Outcome::Ok {
+            if op.origin == Origin::Final {
+                self.judge_unrecoverable(&op);
+            } else if op.outcome == Outcome::Unavailable {
+                self.coverage.reads_unavailable += 1;
+            }
+            return;
+        }
+        if self.quiescent {
+            self.judge(op, true);
+            return;
+        }
+        let owner = match (&op.key, op.kind) {
+            (_, OpKind::List) | (None, _) => None,
+            (Some(key), _) => match self.index.get(key.as_str()) {
+                Some(&i) => Some(self.hists[i].owner as usize),
+                // Absent is what a never-written key is: nothing to wait for.
+                None if op.http_status == Some(404) => {
+                    self.judge(op, true);
+                    return;
+                }
+                None => None,
+            },
+        };
+        *self.waiting_invokes.entry(op.t_invoke_ns).or_default() += 1;
+        match owner {
+            Some(w) if w < self.waiting_owner.len() => {
+                if self.progress[w] >= op.t_return_ns {
+                    self.judge(op, true);
+                } else {
+                    self.waiting_owner[w].push_back(op);
+                }
+            }
+            _ => {
+                if self.global_progress() >= op.t_return_ns {
+                    self.judge(op, true);
+                } else {
+                    self.waiting_all.push_back(op);
+                }
+            }
+        }
+    }
+
+    fn global_progress(&self) -> u64 {
+        self.progress.iter().copied().min().unwrap_or(0)
+    }
+
+    fn advance(&mut self, w: usize, t: u64) {
+        if w >= self.progress.len() {
+            self.progress.resize(w + 1, 0);
+            self.waiting_owner.resize_with(w + 1, VecDeque::new);
+        }
+        if t <= self.progress[w] {
+            return;
+        }
+        self.progress[w] = t;
+        while self.waiting_owner[w]
+            .front()
+            .is_some_and(|op| op.t_return_ns <= t)
+        {
+            let op = self.waiting_owner[w].pop_front().expect("front exists");
+            self.judge(op, true);
+        }
+        if !self.waiting_all.is_empty() {
+            let all = self.global_progress();
+            while self
+                .waiting_all
+                .front()
+                .is_some_and(|op| op.t_return_ns <= all)
+            {
+                let op = self.waiting_all.pop_front().expect("front exists");
+                self.judge(op, true);
+            }
+        }
+    }
+
+    /// Judges every waiting read; `exact` says whether their writes are
+    /// certainly all known.
+    fn release_all(&mut self, exact: bool) {
+        let mut waiting: Vec<OpRecord> = self
+            .waiting_owner
+            .iter_mut()
+            .flat_map(std::mem::take)
+            .collect();
+        waiting.extend(std::mem::take(&mut self.waiting_all));
+        // Judge in ledger order, as an online check would have.
+        waiting.sort_by_key(|op| op.id);
+        for op in waiting {
+            self.judge(op, exact);
+        }
+    }
+
+    fn judge(&mut self, op: OpRecord, exact: bool) {
+        if let Some(n) = self.waiting_invokes.get_mut(&op.t_invoke_ns) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting_invokes.remove(&op.t_invoke_ns);
+            }
+        }
+        let is_final = op.origin == Origin::Final;
+        let findings = if op.kind == OpKind::List {
+            match self.check_page(&op) {
+                Some((findings, keys)) => {
+                    self.coverage.list_pages_checked += 1;
+                    self.coverage.list_keys_checked += keys;
+                    if is_final {
+                        self.coverage.final_list_pages_checked += 1;
+                    }
+                    findings
+                }
+                None => return,
+            }
+        } else {
+            match self.check_read(&op) {
+                Some(findings) => {
+                    self.coverage.reads_checked += 1;
+                    if is_final {
+                        self.coverage.final_reads_checked += 1;
+                    }
+                    findings
+                }
+                None => {
+                    self.coverage.reads_unknown += 1;
+                    return;
+                }
+            }
+        };
+        if !exact && !findings.is_empty() {
+            // A write this read saw may have gone unrecorded.
+            self.coverage.reads_unknown += 1;
+            self.coverage.reads_checked -= u64::from(op.kind != OpKind::List);
+            return;
+        }
+        self.out.extend(findings);
+    }
+
+    fn judge_unrecoverable(&mut self, op: &OpRecord) {
+        let what = match op.kind {
+            OpKind::List => "the final LIST of the prefix".to_string(),
+            k => format!("the final {}", k.as_str().to_uppercase()),
+        };
+        self.out.push(Finding {
+            class: Class::Unrecoverable,
+            key: op.key.clone(),
+            op_id: op.id,
+            t_invoke_ns: op.t_invoke_ns,
+            t_ns: op.t_return_ns,
+            expected: format!("{what} answered after the cluster recovered"),
+            seen: format!(
+                "{} ({})",
+                op.outcome.as_str(),
+                op.http_status.map_or_else(
+                    || op
+                        .error_class
+                        .map_or("no answer".into(), |c| c.as_str().to_string()),
+                    |s| format!("HTTP {s}")
+                )
+            ),
+            writes: Vec::new(),
+        });
     }
 
     /// Does what was seen equal write `w`'s value?
@@ -400,46 +818,150 @@ impl Ctx<'_> {
             Seen::Head { size, generation } => {
                 size == Some(w.size) && generation.is_none_or(|g| g == w.generation)
             }
-            Seen::Range {
-                first,
-                last,
-                total,
-                sha,
-                spec,
-                ..
-            } => {
-                total == w.size
-                    && expected_range(spec, total) == Some((first, last))
-                    && slice_sha256(
-                        &Body::new(self.info.seed, key, w.generation, w.size),
-                        first,
-                        last + 1,
-                    ) == sha
+            Seen::Range { total, .. } => {
+                total == w.size && self.is_range_of(key, seen, w.generation)
             }
         }
     }
 
-    fn check_read(&self, op: &OpRecord) -> Vec<Finding> {
-        let Some(key) = op.key.as_deref() else {
-            return Vec::new();
+    /// Is a Range answer the requested slice of generation `g` (of the
+    /// size the answer reports)?
+    fn is_range_of(&self, key: &str, seen: &Seen<'_>, g: u64) -> bool {
+        let Seen::Range {
+            first,
+            last,
+            total,
+            sha,
+            spec,
+            ..
+        } = *seen
+        else {
+            return false;
         };
-        let Some(seen) = self.seen(op) else {
-            return Vec::new();
+        expected_range(spec, total) == Some((first, last))
+            && self.slice_sha(key, g, total, first, last + 1) == sha
+    }
+
+    fn slice_sha(&self, key: &str, generation: u64, size: u64, start: u64, end: u64) -> [u8; 32] {
+        let body = Body::new(self.info.seed, key, generation, size);
+        if start == 0 && end == size {
+            body.sha256()
+        } else {
+            slice_sha256(&body, start, end)
+        }
+    }
+
+    /// Are these bytes exactly generation `g` of `key` (whose write this
+    /// oracle no longer holds)? Recomputed from the seed; a HEAD carries
+    /// no bytes and is taken at its word.
+    fn is_generation(&self, key: &str, seen: &Seen<'_>, g: u64) -> bool {
+        match *seen {
+            Seen::Absent => false,
+            Seen::Head { .. } => true,
+            Seen::Body { size, sha, .. } => self.slice_sha(key, g, size, 0, size) == sha,
+            Seen::Range { .. } => self.is_range_of(key, seen, g),
+        }
+    }
+
+    /// Checks one read; `None` if it cannot be decided.
+    fn check_read(&mut self, op: &OpRecord) -> Option<Vec<Finding>> {
+        let key = op.key.as_deref()?;
+        let seen = Seen::of(op)?;
+        let contract = self.info.contract;
+        let Some(&i) = self.index.get(key) else {
+            // Nobody ever wrote this key (everyone has progressed past it).
+            let finding = self.name_unknown_key(op, key, &seen);
+            return Some(finding.into_iter().collect());
         };
-        let allowed = self.keys.allowed(key, op.t_invoke_ns, op.t_return_ns);
-        let finding = |class: Class, seen_text: String| Finding {
+        let kh = &self.hists[i];
+        if op.t_invoke_ns < kh.dropped_before_ns {
+            return None;
+        }
+        let allowed = kh.allowed(contract, op.t_invoke_ns, op.t_return_ns);
+        let verdict = self.name_read(op, key, kh, &allowed, &seen);
+        let observed = match &verdict {
+            Ok(g) => *g,
+            Err(_) => None,
+        };
+        if contract == Contract::Linearizable
+            && let Some(g) = observed
+            && g > 0
+        {
+            self.hists[i].observed.push_back((op.t_return_ns, g));
+        }
+        Some(match verdict {
+            Ok(_) => Vec::new(),
+            Err((class, seen_text, mut writes)) => {
+                let kh = &self.hists[i];
+                let allowed = kh.allowed(contract, op.t_invoke_ns, op.t_return_ns);
+                let mut witness = allowed.witness();
+                witness.append(&mut writes);
+                vec![Finding {
+                    class,
+                    key: Some(key.to_string()),
+                    op_id: op.id,
+                    t_invoke_ns: op.t_invoke_ns,
+                    t_ns: op.t_return_ns,
+                    expected: allowed.describe(),
+                    seen: seen_text,
+                    writes: witness,
+                }]
+            }
+        })
+    }
+
+    fn key_of_tag(&self, tag: u64) -> &str {
+        self.tags
+            .get(&tag)
+            .map_or("an unknown key of this run", |&i| &self.hists[i].name)
+    }
+
+    /// A present value for a key nobody wrote.
+    fn name_unknown_key(&self, op: &OpRecord, key: &str, seen: &Seen<'_>) -> Option<Finding> {
+        if let Seen::Absent = seen {
+            return None;
+        }
+        let (class, what) = match trace_of(op) {
+            Some(t) if t.run_tag == self.run_tag && t.key_tag != key_tag(key) => (
+                Class::Misdirected,
+                format!("bytes of {} g{}", self.key_of_tag(t.key_tag), t.generation),
+            ),
+            _ => (Class::Phantom, "a value for a key never written".into()),
+        };
+        Some(Finding {
             class,
             key: Some(key.to_string()),
             op_id: op.id,
+            t_invoke_ns: op.t_invoke_ns,
             t_ns: op.t_return_ns,
-            expected: allowed.describe(),
-            seen: seen_text,
-            writes: allowed.op_ids(),
-        };
+            expected: "absent (never written)".into(),
+            seen: format!("{what} ({})", seen.describe()),
+            writes: Vec::new(),
+        })
+    }
+
+    /// `Ok(generation seen)` if the value is allowed (0 for the initial
+    /// Absent or when several generations match); otherwise the class, what
+    /// was seen, and extra witness writes.
+    #[allow(clippy::type_complexity)]
+    fn name_read(
+        &self,
+        op: &OpRecord,
+        key: &str,
+        kh: &KeyHist,
+        allowed: &Allowed<'_>,
+        seen: &Seen<'_>,
+    ) -> Result<Option<u64>, (Class, String, Vec<WitnessWrite>)> {
+        let fail = |class: Class, text: String| Err((class, text, Vec::new()));
         if let Seen::Absent = seen
             && allowed.absent_allowed()
         {
-            return Vec::new();
+            let g = allowed
+                .values()
+                .filter(|w| w.deleted)
+                .map(|w| w.generation)
+                .min();
+            return Ok(if allowed.initial_allowed() { None } else { g });
         }
         // Bytes can be identical under two generations (every empty body
         // is), so an allowed value must match the content and whatever
@@ -448,75 +970,114 @@ impl Ctx<'_> {
             seen.generation()
                 .is_none_or(|g| w.deleted || g == w.generation)
         };
-        if allowed
+        let mut matching = allowed
             .values()
-            .any(|w| self.matches(key, &seen, w) && names(w))
-        {
-            return Vec::new();
+            .filter(|w| self.matches(key, seen, w) && names(w));
+        if let Some(first) = matching.next() {
+            return Ok(Some(first.generation));
         }
-        let all = self.keys.writes.get(key).map(Vec::as_slice).unwrap_or(&[]);
-        if let Some(v) = allowed.values().find(|w| self.matches(key, &seen, w)) {
+        // Allowed but for an earlier read having seen something newer.
+        if allowed.floor > 0
+            && let Some(old) = allowed
+                .unfiltered()
+                .find(|w| self.matches(key, seen, w) && names(w))
+        {
+            return fail(
+                Class::NonMonotonic,
+                format!(
+                    "{} ({}), older than g{} which an earlier read saw",
+                    old.describe(),
+                    seen.describe(),
+                    allowed.floor
+                ),
+            );
+        }
+        if let Seen::Absent = seen
+            && allowed.floor > 0
+            && (allowed.base.is_none() || allowed.unfiltered().any(|w| w.deleted))
+        {
+            return fail(
+                Class::NonMonotonic,
+                format!(
+                    "{}, older than g{} which an earlier read saw",
+                    seen.describe(),
+                    allowed.floor
+                ),
+            );
+        }
+        let all = &kh.writes;
+        if let Some(v) = allowed.values().find(|w| self.matches(key, seen, w)) {
             // Allowed bytes under another generation's metadata: if that
             // generation was written with the same bytes, that is what was seen.
             let g = seen.generation().unwrap_or_default();
             if let Some(m) = all
                 .iter()
-                .find(|w| w.generation == g && self.matches(key, &seen, w))
+                .find(|w| w.generation == g && self.matches(key, seen, w))
             {
-                let class = unallowed_class(m, allowed.base);
-                return vec![finding(
-                    class,
+                return Err((
+                    unallowed_class(m.generation, allowed.base),
                     format!("{} ({})", m.describe(), seen.describe()),
-                )];
+                    vec![m.witness()],
+                ));
             }
-            return vec![finding(
+            return fail(
                 Class::MetadataMismatch,
                 format!(
                     "the bytes of g{} with metadata generation g{g}",
                     v.generation
                 ),
-            )];
+            );
         }
         if let Seen::Absent = seen {
-            return vec![finding(Class::LostWrite, seen.describe())];
+            return fail(Class::LostWrite, seen.describe());
         }
         // A value outside the allowed set: name it by what it was.
-        if let Some(m) = all.iter().find(|w| self.matches(key, &seen, w) && names(w)) {
-            let class = unallowed_class(m, allowed.base);
-            return vec![finding(
-                class,
+        if let Some(m) = all.iter().find(|w| self.matches(key, seen, w) && names(w)) {
+            return Err((
+                unallowed_class(m.generation, allowed.base),
                 format!("{} ({})", m.describe(), seen.describe()),
-            )];
+                vec![m.witness()],
+            ));
         }
         // The block headers inside the bytes outweigh a generation number in
         // a header: another key's bytes are misdirected, whatever their metadata.
-        if let Some((tag, generation, run)) = trace_of(op)
-            && run == self.run_tag
-            && tag != key_tag(key)
+        let trace = trace_of(op);
+        if let Some(t) = trace
+            && t.run_tag == self.run_tag
+            && t.key_tag != key_tag(key)
         {
-            let other = self
-                .tags
-                .get(&tag)
-                .copied()
-                .unwrap_or("an unknown key of this run");
-            return vec![finding(
+            let other = self.key_of_tag(t.key_tag);
+            return fail(
                 Class::Misdirected,
-                format!("bytes of {other} g{generation} ({})", seen.describe()),
-            )];
+                format!("bytes of {other} g{} ({})", t.generation, seen.describe()),
+            );
         }
-        if let Some(g) = seen.generation()
-            && let Some(failed_op) = self.keys.failed.get(&(key.to_string(), g))
+        let claimed = seen.generation().or(trace.map(|t| t.generation));
+        if let Some(g) = claimed
+            && let Some((_, failed_op)) = kh.failed.iter().find(|(fg, _)| *fg == g)
         {
-            return vec![finding(
+            return fail(
                 Class::Phantom,
                 format!(
                     "g{g}, whose write (op {failed_op}) certainly failed ({})",
                     seen.describe()
                 ),
-            )];
+            );
+        }
+        // A generation older than the writes still held: recompute it.
+        let oldest_held = all.first().map_or(u64::MAX, |w| w.generation);
+        if let Some(g) = claimed
+            && g < oldest_held
+            && g <= kh.max_generation
+            && self.is_generation(key, seen, g)
+        {
+            return fail(
+                unallowed_class(g, allowed.base),
+                format!("g{g}, dropped from the history kept ({})", seen.describe()),
+            );
         }
         if let Seen::Head { .. } = seen {
-            return vec![finding(Class::MetadataMismatch, seen.describe())];
+            return fail(Class::MetadataMismatch, seen.describe());
         }
         // The right bytes for the range the server claims, but a claim that
         // disagrees with the request (or, for an empty object, any 206).
@@ -527,89 +1088,72 @@ impl Ctx<'_> {
             sha,
             spec,
             ..
-        } = seen
+        } = *seen
             && allowed.present().any(|w| {
                 let end = last.saturating_add(1).min(w.size);
                 w.size == total
                     && first <= end
-                    && slice_sha256(
-                        &Body::new(self.info.seed, key, w.generation, w.size),
-                        first,
-                        end,
-                    ) == sha
+                    && self.slice_sha(key, w.generation, w.size, first, end) == sha
             })
         {
             let want = expected_range(spec, total)
                 .map_or("416 (unsatisfiable)".to_string(), |(a, b)| {
                     format!("bytes {a}-{b}/{total}")
                 });
-            return vec![finding(
+            return fail(
                 Class::MetadataMismatch,
                 format!("Content-Range bytes {first}-{last}/{total} for {spec}, expected {want}"),
-            )];
+            );
         }
         // Bytes that match no write of this key: whose are they?
-        match trace_of(op) {
-            Some((tag, generation, run))
-                if run == self.run_tag
-                    && tag == key_tag(key)
-                    && !all.iter().any(|w| w.generation == generation) =>
-            {
-                vec![finding(
-                    Class::Phantom,
-                    format!(
-                        "bytes of g{generation}, which was never written ({})",
-                        seen.describe()
-                    ),
-                )]
-            }
-            Some((_, _, run)) if run != self.run_tag => {
-                vec![finding(
-                    Class::Phantom,
-                    format!("bytes this run never wrote ({})", seen.describe()),
-                )]
-            }
-            _ => vec![finding(
+        match trace {
+            Some(t) if t.run_tag == self.run_tag && t.generation > kh.max_generation => fail(
+                Class::Phantom,
+                format!(
+                    "bytes of g{}, which was never written ({})",
+                    t.generation,
+                    seen.describe()
+                ),
+            ),
+            Some(t) if t.run_tag != self.run_tag => fail(
+                Class::Phantom,
+                format!("bytes this run never wrote ({})", seen.describe()),
+            ),
+            _ => fail(
                 Class::Corruption,
                 format!("bytes matching no generation ({})", seen.describe()),
-            )],
+            ),
         }
     }
 
-    /// Checks one LIST page; returns its findings and how many keys it covered.
-    fn check_page(&self, op: &OpRecord) -> (Vec<Finding>, u64) {
-        let Some(detail) = op.detail.as_deref() else {
-            return (Vec::new(), 0);
-        };
-        let Ok(page) = serde_json::from_str::<serde_json::Value>(detail) else {
-            return (Vec::new(), 0);
-        };
-        let after = page["after"].as_str().map(str::to_string);
-        let truncated = page["truncated"].as_bool().unwrap_or(false);
-        let entries: Vec<(String, u64)> = page["keys"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|e| Some((e[0].as_str()?.to_string(), e[1].as_u64()?)))
-                    .collect()
-            })
-            .unwrap_or_default();
+    /// Checks one LIST page: its findings and how many keys it covered;
+    /// `None` if the page carries no parsable detail.
+    fn check_page(&mut self, op: &OpRecord) -> Option<(Vec<Finding>, u64)> {
+        let page: ListDetail = serde_json::from_str(op.detail.as_deref()?).ok()?;
+        let contract = self.info.contract;
         let mut findings = Vec::new();
-        let mk =
-            |class: Class, key: Option<&str>, expected: String, seen: String, writes: Vec<u64>| {
-                Finding {
-                    class,
-                    key: key.map(str::to_string),
-                    op_id: op.id,
-                    t_ns: op.t_return_ns,
-                    expected,
-                    seen,
-                    writes,
-                }
-            };
-        // Protocol: strictly increasing, after the page's lower bound, in the prefix.
+        let mk = |class: Class,
+                  key: Option<&str>,
+                  expected: String,
+                  seen: String,
+                  writes: Vec<WitnessWrite>| {
+            Finding {
+                class,
+                key: key.map(str::to_string),
+                op_id: op.id,
+                t_invoke_ns: op.t_invoke_ns,
+                t_ns: op.t_return_ns,
+                expected,
+                seen,
+                writes,
+            }
+        };
+        let entries = &page.keys;
+        // Protocol: strictly increasing, after the page's lower bound.
+        let mut ordered = true;
         for pair in entries.windows(2) {
             if pair[0].0 >= pair[1].0 {
+                ordered = false;
                 findings.push(mk(
                     Class::ListProtocol,
                     Some(&pair[1].0),
@@ -619,7 +1163,7 @@ impl Ctx<'_> {
                 ));
             }
         }
-        if let (Some(a), Some(first)) = (&after, entries.first())
+        if let (Some(a), Some(first)) = (&page.after, entries.first())
             && first.0 <= *a
         {
             findings.push(mk(
@@ -630,19 +1174,13 @@ impl Ctx<'_> {
                 Vec::new(),
             ));
         }
-        let upper = if truncated {
-            entries.last().map(|e| e.0.clone())
+        let upper = if page.truncated {
+            Some(entries.last()?.0.as_str())
         } else {
             None
         };
-        if truncated && upper.is_none() {
-            return (findings, 0);
-        }
-        let on_page: BTreeMap<&str, u64> = entries.iter().map(|(k, s)| (k.as_str(), *s)).collect();
-        for (key, _) in &entries {
-            if !key.starts_with(&self.info.prefix)
-                || !self.keys.writes.contains_key(key) && !self.was_written(key)
-            {
+        for (key, _, _) in entries {
+            if !key.starts_with(&self.info.prefix) || !self.index.contains_key(key.as_str()) {
                 findings.push(mk(
                     Class::Phantom,
                     Some(key),
@@ -652,23 +1190,37 @@ impl Ctx<'_> {
                 ));
             }
         }
-        // Every key of the run in the page's range.
-        let lower = after.clone().unwrap_or_else(|| self.info.prefix.clone());
+        let on_page: HashMap<&str, u64> = if ordered {
+            HashMap::new()
+        } else {
+            entries.iter().map(|(k, s, _)| (k.as_str(), *s)).collect()
+        };
+        // Every key of the run in the page's range, merged with the sorted entries.
+        let lower = page.after.as_deref().unwrap_or(&self.info.prefix);
         let range = self
-            .keys
-            .writes
-            .range::<str, _>((
-                std::ops::Bound::Excluded(lower.as_str()),
-                std::ops::Bound::Unbounded,
-            ))
+            .ordered
+            .range::<str, _>((std::ops::Bound::Excluded(lower), std::ops::Bound::Unbounded))
             .take_while(|(k, _)| {
-                upper.as_deref().is_none_or(|u| k.as_str() <= u) && k.starts_with(&self.info.prefix)
+                upper.is_none_or(|u| &***k <= u) && k.starts_with(&self.info.prefix)
             });
         let mut covered = 0;
-        for (key, list) in range {
+        let mut cursor = 0;
+        for (key, &i) in range {
+            let key: &str = key;
+            let kh = &self.hists[i];
+            let listed = if ordered {
+                while cursor < entries.len() && entries[cursor].0.as_str() < key {
+                    cursor += 1;
+                }
+                (cursor < entries.len() && entries[cursor].0 == key).then(|| entries[cursor].1)
+            } else {
+                on_page.get(key).copied()
+            };
+            if op.t_invoke_ns < kh.dropped_before_ns {
+                continue;
+            }
             covered += 1;
-            let allowed = allowed_of(list, op.t_invoke_ns, op.t_return_ns);
-            let listed = on_page.get(key.as_str());
+            let allowed = kh.allowed(contract, op.t_invoke_ns, op.t_return_ns);
             let may_be_absent = allowed.absent_allowed();
             let may_be_present = allowed.present().next().is_some();
             match listed {
@@ -677,39 +1229,43 @@ impl Ctx<'_> {
                     Some(key),
                     allowed.describe(),
                     "not on the page".into(),
-                    allowed.op_ids(),
+                    allowed.witness(),
                 )),
                 Some(_) if !may_be_present => findings.push(mk(
                     Class::ListGhost,
                     Some(key),
                     allowed.describe(),
                     "on the page".into(),
-                    allowed.op_ids(),
+                    allowed.witness(),
                 )),
-                Some(&size) if !allowed.present().any(|w| w.size == size) => findings.push(mk(
+                Some(size) if !allowed.present().any(|w| w.size == size) => findings.push(mk(
                     Class::MetadataMismatch,
                     Some(key),
                     allowed.describe(),
                     format!("listed with {size} bytes"),
-                    allowed.op_ids(),
+                    allowed.witness(),
                 )),
                 _ => {}
             }
         }
-        (findings, covered)
-    }
-
-    /// A key whose every write failed still "was written" by this run.
-    fn was_written(&self, key: &str) -> bool {
-        self.keys.failed.keys().any(|(k, _)| k == key)
+        Some((findings, covered))
     }
 }
 
-/// The name of having seen write `m`, which was not allowed after `base`.
-fn unallowed_class(m: &Write, base: Option<&Write>) -> Class {
+/// Checks a whole history at once (tests, benchmarks).
+pub fn check(info: &RunInfo, ops: impl IntoIterator<Item = OpRecord>) -> Verdict {
+    let mut oracle = Oracle::new(info.clone());
+    for op in ops {
+        oracle.observe(op);
+    }
+    oracle.finish()
+}
+
+/// The name of having seen generation `g`, which was not allowed after `base`.
+fn unallowed_class(g: u64, base: Option<&Write>) -> Class {
     match base {
-        Some(b) if m.generation < b.generation && b.deleted => Class::Resurrection,
-        Some(b) if m.generation < b.generation => Class::StaleRead,
+        Some(b) if g < b.generation && b.deleted => Class::Resurrection,
+        Some(b) if g < b.generation => Class::StaleRead,
         // Newer than anything invoked before the read returned.
         _ => Class::Phantom,
     }
@@ -742,15 +1298,11 @@ pub fn expected_range(spec: &str, total: u64) -> Option<(u64, u64)> {
     (last >= first).then_some((first, last))
 }
 
-/// `(key tag, generation, run tag)` from a read's recorded trace.
-fn trace_of(op: &OpRecord) -> Option<(u64, u64, u32)> {
-    let v: serde_json::Value = serde_json::from_str(op.detail.as_deref()?).ok()?;
-    let t = &v["trace"];
-    Some((
-        u64::from_str_radix(t["key_tag"].as_str()?, 16).ok()?,
-        t["generation"].as_u64()?,
-        u32::from_str_radix(t["run_tag"].as_str()?, 16).ok()?,
-    ))
+/// The trace a read recorded in its detail.
+fn trace_of(op: &OpRecord) -> Option<crate::history::Trace> {
+    serde_json::from_str::<TraceDetail>(op.detail.as_deref()?)
+        .ok()
+        .map(|d| d.trace)
 }
 
 #[cfg(test)]

@@ -20,13 +20,7 @@ pub const HEADER_BYTES: usize = 32;
 const MAGIC: &[u8; 4] = b"FLT1";
 
 /// What a block header says about the bytes around it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Header {
-    pub key_tag: u64,
-    pub generation: u64,
-    pub block: u64,
-    pub run_tag: u32,
-}
+pub use crate::history::Trace as Header;
 
 /// The recipe for one object body.
 #[derive(Debug, Clone)]

@@ -24,8 +24,10 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::history::{OpKind, Outcome, classify_error, classify_status};
-use crate::ledger::{Ledger, LedgerError, ObjectRecord, OpRecord, Record, VersionRecord};
+use crate::history::{
+    ListDetail, OpKind, Origin, Outcome, TraceDetail, classify_error, classify_status,
+};
+use crate::ledger::{Ledger, LedgerError, ObjectRecord, OpRecord, Record};
 use crate::s3::{self, Failure, GENERATION_HEADER, Keep, Payload, Response, S3Client};
 use body::Body;
 use plan::{Mix, Plan, PlanConfig, Planner, RangeSpec, substream};
@@ -38,6 +40,8 @@ const KEEP_PREFIX_BYTES: usize = body::BLOCK_BYTES as usize;
 const READBACK_QUEUE_MAX: usize = 256;
 /// Read-backs of one worker running at once.
 const READBACKS_IN_FLIGHT_MAX: usize = 4;
+/// Reads the final verification has in flight at once.
+const FINAL_READS_IN_FLIGHT: usize = 8;
 
 /// Workload settings; the profile's `[workload]` table, then the command line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -152,8 +156,24 @@ pub struct Workload {
     clients: Vec<S3Client>,
     ledger: Ledger,
     clock: Instant,
-    next_op: AtomicU64,
     pub stats: Arc<Stats>,
+}
+
+/// Who issues an operation: a worker, in its own sequence or reading back
+/// one of its writes, or the final verification.
+#[derive(Debug, Clone, Copy)]
+struct Who {
+    worker: u32,
+    origin: Origin,
+}
+
+impl Who {
+    fn worker(worker: u32) -> Who {
+        Who {
+            worker,
+            origin: Origin::Worker,
+        }
+    }
 }
 
 /// What one worker knows of one of its keys.
@@ -231,7 +251,6 @@ impl Workload {
             clients,
             ledger,
             clock,
-            next_op: AtomicU64::new(1),
             stats: Arc::new(Stats::default()),
         })
     }
@@ -307,21 +326,24 @@ impl Workload {
                 }
                 Plan::Delete { key } => self.delete(w, &mut keys[key as usize], ep).await?,
                 Plan::Get { worker, key } => {
-                    self.get(w, &self.key_name(worker, key), ep).await?;
+                    self.get(Who::worker(w), &self.key_name(worker, key), ep)
+                        .await?;
                     None
                 }
                 Plan::Head { worker, key } => {
-                    self.head(w, &self.key_name(worker, key), ep).await?;
+                    self.head(Who::worker(w), &self.key_name(worker, key), ep)
+                        .await?;
                     None
                 }
                 Plan::Range { worker, key, range } => {
-                    self.range(w, &self.key_name(worker, key), range, ep)
+                    self.range(Who::worker(w), &self.key_name(worker, key), range, ep)
                         .await?;
                     None
                 }
                 Plan::List { after } => {
                     let start_after = after.map(|(ow, ok)| self.key_name(ow, ok));
-                    self.list(w, start_after, ep).await?;
+                    self.list(Who::worker(w), start_after, self.cfg.list_pages_max, ep)
+                        .await?;
                     None
                 }
             };
@@ -390,6 +412,37 @@ impl Workload {
         }
     }
 
+    /// Final verification (oracle.md §7), once every worker has stopped:
+    /// every key of the run's key space (a superset of the ledger's keys)
+    /// read in full with GET and HEAD, through every endpoint in turn, then
+    /// the whole prefix listed page by page. Ordinary operations, marked
+    /// `final` and issued by the verifier, whose worker id is `workers`.
+    pub async fn verify_all(self: Arc<Self>) -> Result<(), LedgerError> {
+        use futures::{StreamExt, TryStreamExt};
+        let verifier = Who {
+            worker: self.cfg.workers,
+            origin: Origin::Final,
+        };
+        let keys: Vec<String> = (0..self.cfg.workers)
+            .flat_map(|w| (0..self.cfg.keys_per_worker).map(move |k| (w, k)))
+            .map(|(w, k)| self.key_name(w, k))
+            .collect();
+        let endpoints = self.clients.len();
+        futures::stream::iter(keys.iter().enumerate())
+            .map(|(i, key)| {
+                let this = &self;
+                async move {
+                    this.get(verifier, key, i % endpoints).await?;
+                    this.head(verifier, key, (i + 1) % endpoints).await
+                }
+            })
+            .buffer_unordered(FINAL_READS_IN_FLIGHT)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let pages_max = keys.len() as u32 / self.cfg.list_max_keys.max(1) + 2;
+        self.list(verifier, None, pages_max, 0).await
+    }
+
     fn over_watermark(&self) -> bool {
         let bytes = self.stats.live_bytes.load(Ordering::Relaxed) as f64;
         let objects = self.stats.live_objects.load(Ordering::Relaxed) as f64;
@@ -427,9 +480,8 @@ impl Workload {
         }
     }
 
-    /// Records one operation and bumps the counters; returns its id.
-    fn record(&self, mut op: OpRecord, x: &Exchanged) -> Result<u64, LedgerError> {
-        op.id = self.next_op.fetch_add(1, Ordering::Relaxed);
+    /// Records one operation (the ledger numbers it) and bumps the counters.
+    fn record(&self, mut op: OpRecord, x: &Exchanged) -> Result<(), LedgerError> {
         op.t_invoke_ns = self.ns(x.t_invoke);
         op.t_return_ns = self.ns(x.t_return);
         op.outcome = x.outcome;
@@ -451,14 +503,13 @@ impl Workload {
         }
         self.stats.ops[kind_index(op.kind)][outcome_index(op.outcome)]
             .fetch_add(1, Ordering::Relaxed);
-        let id = op.id;
-        self.ledger.send(Record::Op(Box::new(op)))?;
-        Ok(id)
+        self.ledger.send(Record::Op(Box::new(op)))
     }
 
-    fn blank_op(&self, worker: u32, kind: OpKind, key: Option<String>, ep: usize) -> OpRecord {
+    fn blank_op(&self, who: Who, kind: OpKind, key: Option<String>, ep: usize) -> OpRecord {
         OpRecord {
-            worker,
+            worker: who.worker,
+            origin: who.origin,
             endpoint: ep as u32,
             ..OpRecord::new(kind, key, Outcome::Fail)
         }
@@ -492,6 +543,7 @@ impl Workload {
                 body: &body,
                 start: 0,
                 end: size,
+                sha256: Some(sha),
             };
             self.send(
                 kind,
@@ -505,27 +557,18 @@ impl Workload {
             )
             .await
         };
-        let mut op = self.blank_op(w, kind, Some(ks.name.clone()), ep);
+        let mut op = self.blank_op(Who::worker(w), kind, Some(ks.name.clone()), ep);
         op.generation = Some(generation);
         op.bytes = size;
         op.size = Some(size);
         op.sha256 = Some(sha);
-        let op_id = self.record(op, &x)?;
+        self.record(op, &x)?;
         let version = Version {
             generation,
             deleted: false,
             size,
             sha256: Some(sha),
         };
-        self.ledger.send(Record::Version(VersionRecord {
-            key: ks.name.clone(),
-            generation,
-            deleted: false,
-            size,
-            sha256: Some(sha),
-            op_id,
-            outcome: x.outcome,
-        }))?;
         self.settle(w, ks, version, x.outcome)
     }
 
@@ -543,7 +586,12 @@ impl Workload {
         let part = self.cfg.part_size;
         for (n, start) in (0..body.size).step_by(part as usize).enumerate() {
             let end = (start + part).min(body.size);
-            let payload = Payload::Slice { body, start, end };
+            let payload = Payload::Slice {
+                body,
+                start,
+                end,
+                sha256: None,
+            };
             match client
                 .upload_part(key, &upload, n as u32 + 1, payload)
                 .await
@@ -596,18 +644,9 @@ impl Workload {
                 Keep::All,
             )
             .await;
-        let mut op = self.blank_op(w, OpKind::Delete, Some(ks.name.clone()), ep);
+        let mut op = self.blank_op(Who::worker(w), OpKind::Delete, Some(ks.name.clone()), ep);
         op.generation = Some(generation);
-        let op_id = self.record(op, &x)?;
-        self.ledger.send(Record::Version(VersionRecord {
-            key: ks.name.clone(),
-            generation,
-            deleted: true,
-            size: 0,
-            sha256: None,
-            op_id,
-            outcome: x.outcome,
-        }))?;
+        self.record(op, &x)?;
         let version = Version {
             generation,
             deleted: true,
@@ -656,7 +695,7 @@ impl Workload {
         Ok((outcome == Outcome::Ok).then_some(ks.index))
     }
 
-    async fn get(&self, w: u32, key: &str, ep: usize) -> Result<(), LedgerError> {
+    async fn get(&self, who: Who, key: &str, ep: usize) -> Result<(), LedgerError> {
         let x = self
             .send(
                 OpKind::Get,
@@ -669,7 +708,7 @@ impl Workload {
                 Keep::Prefix(KEEP_PREFIX_BYTES),
             )
             .await;
-        let mut op = self.blank_op(w, OpKind::Get, Some(key.to_string()), ep);
+        let mut op = self.blank_op(who, OpKind::Get, Some(key.to_string()), ep);
         if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
             op.detail = trace_detail(&r.body, 0);
             op.generation = r.generation();
@@ -680,7 +719,7 @@ impl Workload {
         self.observe(op, &x)
     }
 
-    async fn head(&self, w: u32, key: &str, ep: usize) -> Result<(), LedgerError> {
+    async fn head(&self, who: Who, key: &str, ep: usize) -> Result<(), LedgerError> {
         let x = self
             .send(
                 OpKind::Head,
@@ -693,7 +732,7 @@ impl Workload {
                 Keep::All,
             )
             .await;
-        let mut op = self.blank_op(w, OpKind::Head, Some(key.to_string()), ep);
+        let mut op = self.blank_op(who, OpKind::Head, Some(key.to_string()), ep);
         if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
             op.generation = r.generation();
             op.size = r.content_length();
@@ -703,7 +742,7 @@ impl Workload {
 
     async fn range(
         &self,
-        w: u32,
+        who: Who,
         key: &str,
         spec: RangeSpec,
         ep: usize,
@@ -721,7 +760,7 @@ impl Workload {
                 Keep::Prefix(KEEP_PREFIX_BYTES),
             )
             .await;
-        let mut op = self.blank_op(w, OpKind::Range, Some(key.to_string()), ep);
+        let mut op = self.blank_op(who, OpKind::Range, Some(key.to_string()), ep);
         op.range_header = Some(spec.header());
         if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
             op.generation = r.generation();
@@ -749,12 +788,13 @@ impl Workload {
         Ok(())
     }
 
-    /// Walks up to `list_pages_max` ListObjectsV2 pages of the run's
-    /// prefix, from just after `start_after`; each page is one operation.
+    /// Walks up to `pages_max` ListObjectsV2 pages of the run's prefix,
+    /// from just after `start_after`; each page is one operation.
     async fn list(
         &self,
-        w: u32,
+        who: Who,
         start_after: Option<String>,
+        pages_max: u32,
         ep: usize,
     ) -> Result<(), LedgerError> {
         let max = self.cfg.list_max_keys.to_string();
@@ -762,7 +802,7 @@ impl Workload {
         // The page covers keys after this one (exclusive): the start-after
         // key for the first page, then the previous page's last key.
         let mut after = start_after.clone();
-        for page in 0..self.cfg.list_pages_max {
+        for page in 0..pages_max {
             let mut query = vec![
                 ("list-type", "2"),
                 ("prefix", self.prefix.as_str()),
@@ -785,31 +825,33 @@ impl Workload {
                     Keep::All,
                 )
                 .await;
-            let mut op = self.blank_op(w, OpKind::List, None, ep);
+            let mut op = self.blank_op(who, OpKind::List, None, ep);
             let mut next = None;
             let mut x = x;
             if let Some(r) = x.resp.as_ref().filter(|r| r.status.is_success()) {
                 op.bytes = r.body_len;
                 match S3Client::parse_list(&r.body) {
                     Ok(parsed) => {
-                        let keys: Vec<(String, u64, Option<String>)> = parsed
-                            .contents
-                            .iter()
-                            .map(|e| (e.key.clone(), e.size, e.etag.clone()))
-                            .collect();
-                        op.detail = Some(
-                            serde_json::json!({
-                                "page": page,
-                                "after": after,
-                                "start_after": if token.is_none() { start_after.clone() } else { None },
-                                "continuation": token,
-                                "max_keys": self.cfg.list_max_keys,
-                                "keys": keys,
-                                "truncated": parsed.is_truncated,
-                                "next": parsed.next_continuation_token,
-                            })
-                            .to_string(),
-                        );
+                        let detail = ListDetail {
+                            page,
+                            after: after.clone(),
+                            start_after: if token.is_none() {
+                                start_after.clone()
+                            } else {
+                                None
+                            },
+                            continuation: token.clone(),
+                            max_keys: self.cfg.list_max_keys,
+                            keys: parsed
+                                .contents
+                                .iter()
+                                .map(|e| (e.key.clone(), e.size, e.etag.clone()))
+                                .collect(),
+                            truncated: parsed.is_truncated,
+                            next: parsed.next_continuation_token.clone(),
+                        };
+                        op.detail =
+                            Some(serde_json::to_string(&detail).expect("a LIST detail serialises"));
                         next = parsed
                             .next_continuation_token
                             .filter(|_| parsed.is_truncated);
@@ -844,22 +886,26 @@ impl Workload {
         suffix: u64,
     ) -> Result<(), LedgerError> {
         let name = self.key_name(w, j);
+        let who = Who {
+            worker: w,
+            origin: Origin::Readback,
+        };
         match how {
-            0 => self.get(w, &name, ep).await,
-            1 => self.head(w, &name, ep).await,
+            0 => self.get(who, &name, ep).await,
+            1 => self.head(who, &name, ep).await,
             2 => {
                 let spec = match suffix % 3 {
                     0 => RangeSpec::Window(0, 0),
                     1 => RangeSpec::Suffix(1),
                     _ => RangeSpec::Suffix(suffix),
                 };
-                self.range(w, &name, spec, ep).await
+                self.range(who, &name, spec, ep).await
             }
             _ => {
                 // From just before the key, so it is on the first page.
                 let after = (j > 0).then(|| self.key_name(w, j - 1));
                 let after = after.or_else(|| Some(format!("{}w{:03}/", self.prefix, w)));
-                self.list(w, after, ep).await
+                self.list(who, after, self.cfg.list_pages_max, ep).await
             }
         }
     }
@@ -869,16 +915,8 @@ impl Workload {
 /// offset `offset`) says about who wrote them, as JSON for `ops.detail`.
 /// The oracle uses it to tell another key's bytes from corrupted ones.
 fn trace_detail(bytes: &[u8], offset: u64) -> Option<String> {
-    let h = body::trace(bytes, offset)?;
-    Some(
-        serde_json::json!({"trace": {
-            "key_tag": format!("{:016x}", h.key_tag),
-            "generation": h.generation,
-            "block": h.block,
-            "run_tag": format!("{:08x}", h.run_tag),
-        }})
-        .to_string(),
-    )
+    let trace = body::trace(bytes, offset)?;
+    Some(serde_json::to_string(&TraceDetail { trace }).expect("a trace serialises"))
 }
 
 /// Key names: `<prefix>wNNN/kNNNNN`, sorted by worker then index.

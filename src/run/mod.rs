@@ -1,0 +1,683 @@
+//! One run, from boot to verdict: boot the cluster, open the ledger with
+//! the online check on its tap, drive the workload until the duration ends,
+//! Ctrl-C or (when asked) the first violation, stop the workers, pass the
+//! recovery gate, verify every key (oracle.md §7), and judge the run.
+//!
+//! The verdict puts correctness first: findings fail the run whatever
+//! else happened; a run that could not check enough says so instead of
+//! passing (oracle.md §8).
+
+pub mod online;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cluster::profile::{OracleSection, Profile, Tolerance, known_deviation};
+use crate::cluster::{BootOptions, Cluster};
+use crate::exit::{self, Error};
+use crate::history::{OpKind, Outcome};
+use crate::ledger::{Ledger, LedgerReader, Record, Retention};
+use crate::oracle::{Contract, Coverage, Finding, RunInfo, Verdict};
+use crate::workload::{Stats, Workload, WorkloadConfig};
+use online::Online;
+
+/// SIGINT (Ctrl-C) and SIGTERM, registered once for the whole command:
+/// a signal delivered while no one is waiting is kept for the next wait,
+/// where re-registering per wait would drop it.
+pub struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    pub fn new() -> Interrupts {
+        // Registration fails only if the runtime has no signal driver, and
+        // the runtime is built with `enable_all`.
+        Interrupts {
+            int: signal(SignalKind::interrupt()).expect("signal driver is enabled"),
+            term: signal(SignalKind::terminate()).expect("signal driver is enabled"),
+        }
+    }
+
+    pub async fn next(&mut self) {
+        tokio::select! {
+            _ = self.int.recv() => {}
+            _ = self.term.recv() => {}
+        }
+    }
+}
+
+impl Default for Interrupts {
+    fn default() -> Self {
+        Interrupts::new()
+    }
+}
+
+/// Boots the cluster; `None` if Ctrl-C came first.
+pub async fn boot_unless_interrupted(
+    opts: &BootOptions,
+    interrupts: &mut Interrupts,
+) -> Result<Option<Cluster>, Error> {
+    tokio::select! {
+        c = Cluster::boot(opts) => Ok(Some(c?)),
+        _ = interrupts.next() => {
+            // Dropping the boot future drops its supervisor, which kills
+            // every node started so far.
+            eprintln!("faultline: interrupted during boot; nothing is left running");
+            Ok(None)
+        }
+    }
+}
+
+/// What a run is asked to do.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub boot: BootOptions,
+    /// The profile with the command line's overrides applied.
+    pub profile: Profile,
+    pub duration: Duration,
+    pub retention: Option<Retention>,
+    /// End the workload at the first finding.
+    pub stop_on_violation: bool,
+    pub progress_every: Duration,
+    /// The command that reproduces this run, printed last.
+    pub reproduce: String,
+}
+
+/// How a run ended, most important first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "verdict", rename_all = "kebab-case")]
+pub enum RunVerdict {
+    /// Everything planned happened and no check failed.
+    Pass,
+    /// The oracle found wrong data.
+    Findings { count: u64 },
+    /// The cluster did not come back, so not everything could be checked.
+    Infrastructure { reason: String },
+    /// No findings, but the checks covered too little to vouch for the run.
+    CoverageGap { gaps: Vec<String> },
+    /// The check itself could not finish.
+    Unknown { reason: String },
+}
+
+impl RunVerdict {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunVerdict::Pass => exit::PASS,
+            RunVerdict::Findings { .. } => exit::FINDINGS,
+            RunVerdict::Infrastructure { .. } => exit::INFRA,
+            RunVerdict::CoverageGap { .. } | RunVerdict::Unknown { .. } => exit::COVERAGE_GAP,
+        }
+    }
+
+    pub fn headline(&self) -> String {
+        match self {
+            RunVerdict::Pass => "PASS".into(),
+            RunVerdict::Findings { count } => format!("FAIL: {count} findings"),
+            RunVerdict::Infrastructure { reason } => format!("INFRASTRUCTURE FAILURE: {reason}"),
+            RunVerdict::CoverageGap { gaps } => format!("COVERAGE GAP: {}", gaps.join("; ")),
+            RunVerdict::Unknown { reason } => format!("UNKNOWN: {reason}"),
+        }
+    }
+}
+
+/// The oracle's settings, as the ledger's `run_meta` records them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OracleMeta {
+    pub contract: Contract,
+    pub workers: u32,
+    pub read_span_max_ns: u64,
+    /// The profile's known deviations.
+    #[serde(default)]
+    pub tolerate: Vec<Tolerance>,
+}
+
+impl OracleMeta {
+    pub fn for_workload(oracle: &OracleSection, cfg: &WorkloadConfig) -> OracleMeta {
+        OracleMeta {
+            contract: oracle.contract,
+            tolerate: oracle.tolerate.clone(),
+            workers: cfg.workers,
+            // A read is one request: its deadline, twice over, plus slack
+            // for a busy runner.
+            read_span_max_ns: (2 * cfg.total_timeout_ms + 60_000) * 1_000_000,
+        }
+    }
+
+    fn run_info(&self, seed: u64, prefix: String, complete: bool) -> RunInfo {
+        RunInfo {
+            seed,
+            prefix,
+            complete,
+            contract: self.contract,
+            workers: self.workers,
+            read_span_max_ns: self.read_span_max_ns,
+        }
+    }
+}
+
+/// Runs the workload against a booted cluster for `cfg.duration` (soak).
+pub async fn soak(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
+    let seed = cfg.boot.seed;
+    eprintln!("faultline: seed {seed}");
+    let Some(cluster) = boot_unless_interrupted(&cfg.boot, interrupts).await? else {
+        return Ok(exit::INFRA);
+    };
+    eprintln!(
+        "faultline: {} ready in {:.1} s; run directory {}",
+        cluster.profile.name,
+        cluster.booted_in().as_secs_f64(),
+        cluster.run_dir().display()
+    );
+    let result = drive(&cfg, &cluster, interrupts).await;
+    eprintln!("faultline: stopping the cluster");
+    tokio::select! {
+        r = cluster.shutdown() => r?,
+        _ = interrupts.next() => {
+            eprintln!("faultline: killing every node now");
+            cluster.kill_all().await?;
+        }
+    }
+    let verdict = result?;
+    println!("verdict: {}", verdict.headline());
+    println!("run directory: {}", cluster.run_dir().display());
+    println!("reproduce: {}", cfg.reproduce);
+    Ok(verdict.exit_code())
+}
+
+/// Everything between boot and shutdown; the cluster is torn down by the
+/// caller whatever this returns.
+async fn drive(
+    cfg: &RunConfig,
+    cluster: &Cluster,
+    interrupts: &mut Interrupts,
+) -> Result<RunVerdict, Error> {
+    let seed = cfg.boot.seed;
+    let wl = cfg.profile.workload.clone();
+    let run_dir = cluster.run_dir().to_path_buf();
+    let ledger_path = run_dir.join("ledger.sqlite");
+    eprintln!(
+        "faultline: ledger retention {}",
+        cfg.retention.map_or_else(
+            || "off: full history".to_string(),
+            |r| format!("on: {}", r.describe())
+        )
+    );
+    let run_name = run_dir
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!("faultline/{run_name}/");
+    let oracle_meta = OracleMeta::for_workload(&cfg.profile.oracle, &wl);
+    let (online, tap) = Online::start(
+        oracle_meta.run_info(seed, prefix.clone(), true),
+        oracle_meta.tolerate.clone(),
+    );
+    let (ledger, writer) = Ledger::create(&ledger_path, cfg.retention, Some(tap))?;
+    online.attach(ledger.clone());
+    let status = online.status.clone();
+    let meta = [
+        ("seed", seed.to_string()),
+        ("profile", cluster.profile.name.clone()),
+        ("profile_path", cfg.boot.profile.display().to_string()),
+        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "store_version",
+            cluster
+                .profile
+                .garage
+                .as_ref()
+                .map(|g| g.version.clone())
+                .or_else(|| cluster.profile.binary.as_ref().map(|b| b.version.clone()))
+                .unwrap_or_default(),
+        ),
+        (
+            "command_line",
+            std::env::args().collect::<Vec<_>>().join(" "),
+        ),
+        ("reproduce", cfg.reproduce.clone()),
+        ("prefix", prefix.clone()),
+        (
+            "endpoints",
+            serde_json::to_string(&cluster.s3.endpoints).unwrap_or_default(),
+        ),
+        ("workload", serde_json::to_string(&wl).unwrap_or_default()),
+        (
+            "oracle",
+            serde_json::to_string(&oracle_meta).expect("oracle settings serialise"),
+        ),
+        ("started_at", crate::cluster::utc_now()),
+        ("duration_ms", cfg.duration.as_millis().to_string()),
+    ];
+    for (key, value) in meta {
+        ledger.send(Record::Meta {
+            key: key.into(),
+            value,
+        })?;
+    }
+    let timeouts = Workload::s3_timeouts(&wl);
+    let clients = cluster
+        .s3
+        .endpoints
+        .iter()
+        .map(|ep| cluster.s3.client(ep, timeouts))
+        .collect();
+    let clock = Instant::now();
+    let workload = Workload::new(wl.clone(), seed, prefix, clients, ledger.clone(), clock);
+    let stats = workload.stats.clone();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut running = tokio::spawn(workload.clone().run(stop_rx));
+    let deadline = tokio::time::sleep(cfg.duration);
+    tokio::pin!(deadline);
+    let mut progress = tokio::time::interval(cfg.progress_every.max(Duration::from_secs(1)));
+    progress.tick().await;
+    let mut snapshot = tokio::time::interval(Duration::from_secs(5));
+    let mut last_total = 0u64;
+    let mut finished_early = None;
+    let mut ended_by = "the duration ended";
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = interrupts.next() => {
+                eprintln!("faultline: Ctrl-C: stopping the workload, then verifying (Ctrl-C again during teardown kills the nodes)");
+                ended_by = "interrupted";
+                break;
+            }
+            _ = status.violated(), if cfg.stop_on_violation => {
+                eprintln!("faultline: stopping at the first violation: {}", status.first().unwrap_or_default());
+                ended_by = "stopped at the first violation";
+                break;
+            }
+            r = &mut running => { finished_early = Some(r); break; }
+            _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
+            _ = progress.tick() => {
+                let total = stats.total();
+                eprintln!(
+                    "faultline: {:>6.0} s  {:>7} ops  {:>6.0} ops/s  {} not ok  {} checked  {} findings  live {} objects, {:.1} MiB",
+                    clock.elapsed().as_secs_f64(),
+                    total,
+                    (total - last_total) as f64 / cfg.progress_every.as_secs_f64().max(1.0),
+                    stats.errors(),
+                    status.checked(),
+                    status.findings(),
+                    stats.live_objects.load(Ordering::Relaxed),
+                    stats.live_bytes.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
+                );
+                last_total = total;
+            }
+        }
+    }
+    let _ = stop_tx.send(true);
+    let joined = match finished_early {
+        Some(r) => r,
+        // Each worker finishes its current operation, which is bounded by
+        // the workload's total timeout (and a multipart upload by a few).
+        None => {
+            match tokio::time::timeout(Duration::from_millis(wl.total_timeout_ms * 8), &mut running)
+                .await
+            {
+                Ok(r) => r,
+                Err(_) => {
+                    running.abort();
+                    Ok(Err(crate::ledger::LedgerError::WriterGone(
+                        "the workers did not stop in time and were aborted".into(),
+                    )))
+                }
+            }
+        }
+    };
+    let workload_result: Result<(), Error> = match joined {
+        Ok(r) => r.map_err(Error::from),
+        Err(e) => Err(Error::Workload(format!("the workload panicked: {e}"))),
+    };
+    eprintln!(
+        "faultline: workload stopped ({ended_by}) after {:.0} s; waiting for the cluster to recover",
+        clock.elapsed().as_secs_f64()
+    );
+    let recovery_deadline = Duration::from_millis(cluster.profile.timeouts.recovery_ms);
+    let gate = cluster.wait_recovered(recovery_deadline).await;
+    let mut infra = None;
+    match &gate {
+        Ok(r) => {
+            eprintln!(
+                "faultline: recovered in {:.1} s; final verification of every key",
+                r.took.as_secs_f64()
+            );
+            workload.clone().verify_all().await?;
+        }
+        Err(failure) => {
+            eprintln!("faultline: {failure}; skipping final verification");
+            infra = Some(failure.to_string());
+        }
+    }
+    record_metrics(&ledger, &stats, clock);
+    ledger.flush()?;
+    let verdict = online.finish();
+    let run_verdict = judge(
+        verdict.as_ref(),
+        &oracle_meta.tolerate,
+        infra,
+        status.lost(),
+        &stats,
+        &wl,
+        workload_result.is_err(),
+    );
+    ledger.send(Record::Meta {
+        key: "finished_at".into(),
+        value: crate::cluster::utc_now(),
+    })?;
+    ledger.send(Record::Meta {
+        key: "verdict".into(),
+        value: serde_json::to_string(&run_verdict).expect("a verdict serialises"),
+    })?;
+    if let Some(v) = &verdict {
+        ledger.send(Record::Meta {
+            key: "coverage".into(),
+            value: serde_json::to_string(&v.coverage).expect("coverage serialises"),
+        })?;
+    }
+    drop(ledger);
+    drop(workload);
+    let records = writer.finish()?;
+    print_summary(&stats, clock.elapsed(), records, &ledger_path);
+    if let Some(v) = &verdict {
+        print_findings(&v.findings, &oracle_meta.tolerate, 10);
+        print_coverage(&v.coverage);
+    }
+    workload_result?;
+    Ok(run_verdict)
+}
+
+/// The run's verdict from what the oracle found and what was covered.
+fn judge(
+    verdict: Option<&Verdict>,
+    tolerate: &[Tolerance],
+    infra: Option<String>,
+    lost: bool,
+    stats: &Stats,
+    wl: &WorkloadConfig,
+    workload_failed: bool,
+) -> RunVerdict {
+    let Some(v) = verdict.filter(|_| !lost) else {
+        return RunVerdict::Unknown {
+            reason: "the online check stopped before the run ended".into(),
+        };
+    };
+    let failing = v
+        .findings
+        .iter()
+        .filter(|f| known_deviation(tolerate, f).is_none())
+        .count();
+    if failing > 0 {
+        return RunVerdict::Findings {
+            count: failing as u64,
+        };
+    }
+    if let Some(reason) = infra {
+        return RunVerdict::Infrastructure { reason };
+    }
+    if workload_failed {
+        return RunVerdict::Unknown {
+            reason: "the workload did not finish cleanly".into(),
+        };
+    }
+    let gaps = coverage_gaps(&v.coverage, stats, wl);
+    if gaps.is_empty() {
+        RunVerdict::Pass
+    } else {
+        RunVerdict::CoverageGap { gaps }
+    }
+}
+
+/// What a run had to exercise to vouch for anything, and did not.
+fn coverage_gaps(c: &Coverage, stats: &Stats, wl: &WorkloadConfig) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if c.reads_checked == 0 {
+        gaps.push("no read was checked".into());
+    }
+    if c.final_reads_checked == 0 {
+        gaps.push("the final verification checked no read".into());
+    }
+    if c.writes_acked == 0 {
+        gaps.push("no write was acknowledged".into());
+    }
+    let weights = [
+        (wl.mix.write, &[OpKind::Put, OpKind::Overwrite][..]),
+        (wl.mix.delete, &[OpKind::Delete][..]),
+        (wl.mix.get, &[OpKind::Get][..]),
+        (wl.mix.head, &[OpKind::Head][..]),
+        (wl.mix.range, &[OpKind::Range][..]),
+        (wl.mix.list, &[OpKind::List][..]),
+    ];
+    for (weight, kinds) in weights {
+        if weight > 0 && kinds.iter().all(|k| stats.count(*k, Outcome::Ok) == 0) {
+            gaps.push(format!(
+                "no successful {} although the mix asks for it",
+                kinds[0].as_str()
+            ));
+        }
+    }
+    if wl.mix.list > 0 && c.list_pages_checked == 0 {
+        gaps.push("no LIST page was checked".into());
+    }
+    gaps
+}
+
+/// Snapshots the live counters and the runner's memory into the ledger.
+fn record_metrics(ledger: &Ledger, stats: &Stats, clock: Instant) {
+    let t_ns = clock.elapsed().as_nanos() as u64;
+    let mut values = vec![
+        ("ops_total", stats.total() as f64),
+        ("ops_not_ok", stats.errors() as f64),
+        (
+            "live_objects",
+            stats.live_objects.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "live_bytes",
+            stats.live_bytes.load(Ordering::Relaxed) as f64,
+        ),
+        ("readbacks", stats.readbacks.load(Ordering::Relaxed) as f64),
+    ];
+    if let Some(rss) = rss_bytes() {
+        values.push(("runner_rss_bytes", rss as f64));
+    }
+    for (name, value) in values {
+        let _ = ledger.send(Record::Metric {
+            t_ns,
+            name: name.into(),
+            value,
+        });
+    }
+}
+
+/// The process's resident set now, in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096)
+}
+
+/// The process's peak resident set (VmHWM), in bytes.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn print_summary(stats: &Stats, elapsed: Duration, records: u64, ledger: &Path) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["op", "ok", "fail", "ambiguous", "unavailable"]);
+    for kind in OpKind::ALL {
+        let mut cells = vec![kind.as_str().to_string()];
+        cells.extend(
+            [
+                Outcome::Ok,
+                Outcome::Fail,
+                Outcome::Ambiguous,
+                Outcome::Unavailable,
+            ]
+            .into_iter()
+            .map(|o| stats.count(kind, o).to_string()),
+        );
+        table.add_row(cells);
+    }
+    println!("{table}");
+    println!(
+        "faultline: {} operations in {:.0} s ({:.0} ops/s), {} ledger records in {}",
+        stats.total(),
+        elapsed.as_secs_f64(),
+        stats.total() as f64 / elapsed.as_secs_f64().max(0.001),
+        records,
+        ledger.display()
+    );
+}
+
+/// Prints up to `show` findings that fail the run as a table, and counts
+/// per class of those and of the known deviations.
+pub fn print_findings(findings: &[Finding], tolerate: &[Tolerance], show: usize) {
+    let (known, failing): (Vec<&Finding>, Vec<&Finding>) = findings
+        .iter()
+        .partition(|f| known_deviation(tolerate, f).is_some());
+    let counts = |list: &[&Finding]| {
+        let mut by_class = std::collections::BTreeMap::new();
+        for f in list {
+            *by_class.entry(f.class.as_str()).or_insert(0u64) += 1;
+        }
+        by_class
+            .iter()
+            .map(|(c, n)| format!("{n} {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    if !known.is_empty() {
+        println!(
+            "known deviations of the store (tolerated by the profile): {}",
+            counts(&known)
+        );
+    }
+    if failing.is_empty() {
+        return;
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["class", "key", "op", "expected", "seen", "writes"]);
+    for f in failing.iter().take(show) {
+        table.add_row(vec![
+            f.class.as_str().to_string(),
+            f.key.clone().unwrap_or_default(),
+            f.op_id.to_string(),
+            f.expected.clone(),
+            f.seen.clone(),
+            f.write_ids()
+                .iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(" "),
+        ]);
+    }
+    println!("{table}");
+    println!("findings: {}", counts(&failing));
+}
+
+pub fn print_coverage(c: &Coverage) {
+    println!(
+        "checked: {} reads ({} in the final verification), {} LIST pages ({} key checks); {} writes acknowledged, {} ambiguous; {} reads unavailable, {} undecidable",
+        c.reads_checked,
+        c.final_reads_checked,
+        c.list_pages_checked,
+        c.list_keys_checked,
+        c.writes_acked,
+        c.ambiguous_writes,
+        c.reads_unavailable,
+        c.reads_unknown
+    );
+}
+
+/// The ledger file of a run directory (or the file itself).
+pub fn ledger_path(run: &Path) -> Result<PathBuf, Error> {
+    let path = if run.is_dir() {
+        run.join("ledger.sqlite")
+    } else {
+        run.to_path_buf()
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(Error::Usage(format!("{}: no ledger there", path.display())))
+    }
+}
+
+/// A stored run, re-checked offline.
+pub struct Verified {
+    pub info: RunInfo,
+    pub tolerate: Vec<Tolerance>,
+    pub verdict: Verdict,
+    pub operations: u64,
+    /// What the online check recorded in the ledger.
+    pub recorded: Vec<crate::ledger::FindingRecord>,
+}
+
+impl Verified {
+    /// Did this check find exactly the violations (class and operation)
+    /// the online check recorded, in the same order?
+    pub fn agrees_with_online(&self) -> bool {
+        self.verdict
+            .findings
+            .iter()
+            .map(|f| (f.class.as_str(), Some(f.op_id)))
+            .eq(self.recorded.iter().map(|f| (f.class.as_str(), f.op_id)))
+    }
+}
+
+/// Re-checks a ledger with the same oracle, fed in the same order.
+pub fn verify(path: &Path) -> Result<Verified, Error> {
+    let ledger = LedgerReader::open(path)?;
+    let meta = |key: &str| -> Result<String, Error> {
+        ledger
+            .meta(key)?
+            .ok_or_else(|| Error::Usage(format!("{}: run_meta has no {key}", path.display())))
+    };
+    let seed: u64 = meta("seed")?
+        .parse()
+        .map_err(|_| Error::Usage(format!("{}: run_meta seed is not a number", path.display())))?;
+    let oracle: OracleMeta = serde_json::from_str(&meta("oracle")?).map_err(|e| {
+        Error::Usage(format!(
+            "{}: run_meta oracle is not readable: {e}",
+            path.display()
+        ))
+    })?;
+    let complete = ledger.meta("finished_at")?.is_some();
+    let info = oracle.run_info(seed, meta("prefix")?, complete);
+    let mut checker = crate::oracle::Oracle::new(info.clone());
+    let mut findings = Vec::new();
+    let mut operations = 0u64;
+    ledger.for_each_op(|op| {
+        operations += 1;
+        checker.observe(op);
+        findings.extend(checker.take_findings());
+    })?;
+    let mut verdict = checker.finish();
+    findings.append(&mut verdict.findings);
+    verdict.findings = findings;
+    Ok(Verified {
+        info,
+        tolerate: oracle.tolerate,
+        verdict,
+        operations,
+        recorded: ledger.findings()?,
+    })
+}

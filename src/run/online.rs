@@ -1,0 +1,271 @@
+//! The online check: a thread that takes each operation the ledger commits
+//! (through the writer's tap, in ledger order), feeds it to the oracle, and
+//! writes every finding back to the ledger at once, with the fault that was
+//! active and the witness. A shared `Status` lets the run stop on the first
+//! violation and shows findings in the progress view.
+//!
+//! The offline check (`faultline verify`) runs the same oracle over the
+//! same ledger order, so both find the same violations.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+
+use crate::cluster::profile::{Tolerance, known_deviation};
+use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, Tap, Tapped};
+use crate::oracle::{Class, Finding, Oracle, RunInfo, Verdict};
+
+/// Operations queued for the checker before the ledger writer waits.
+const TAP_QUEUE_MAX: usize = 16_384;
+
+/// What the run's driver and progress view can see of the online check.
+#[derive(Default)]
+pub struct Status {
+    /// Findings the profile does not tolerate: these fail the run.
+    findings: AtomicU64,
+    /// Findings the profile tolerates as known deviations of the store.
+    known: AtomicU64,
+    by_class: [AtomicU64; Class::ALL.len()],
+    checked: AtomicU64,
+    waiting: AtomicU64,
+    /// The first finding, for the progress view and the stop message.
+    first: Mutex<Option<String>>,
+    /// Set when the checker stopped early (a panic): the verdict is unknown.
+    lost: AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl Status {
+    pub fn findings(&self) -> u64 {
+        self.findings.load(Ordering::Relaxed)
+    }
+
+    pub fn known(&self) -> u64 {
+        self.known.load(Ordering::Relaxed)
+    }
+
+    pub fn checked(&self) -> u64 {
+        self.checked.load(Ordering::Relaxed)
+    }
+
+    /// Reads waiting for a writer to move past them.
+    pub fn waiting(&self) -> u64 {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    pub fn first(&self) -> Option<String> {
+        self.first.lock().ok().and_then(|f| f.clone())
+    }
+
+    pub fn lost(&self) -> bool {
+        self.lost.load(Ordering::Relaxed)
+    }
+
+    /// Counts per class, the nonzero ones.
+    pub fn by_class(&self) -> Vec<(Class, u64)> {
+        Class::ALL
+            .iter()
+            .zip(&self.by_class)
+            .map(|(c, n)| (*c, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Resolves once there is at least one finding.
+    pub async fn violated(&self) {
+        loop {
+            let notified = self.notify.notified();
+            if self.findings() > 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn record(&self, f: &Finding, known: bool) {
+        if known {
+            self.known.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let i = Class::ALL
+            .iter()
+            .position(|c| *c == f.class)
+            .expect("every class is in ALL");
+        self.by_class[i].fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut first) = self.first.lock()
+            && first.is_none()
+        {
+            *first = Some(summary(f));
+        }
+        self.findings.fetch_add(1, Ordering::Relaxed);
+        self.notify.notify_waiters();
+    }
+}
+
+/// One line for a finding: class, key, op and what was seen.
+pub fn summary(f: &Finding) -> String {
+    format!(
+        "{} on {} (op {}): expected {}, saw {}",
+        f.class.as_str(),
+        f.key.as_deref().unwrap_or("the LIST"),
+        f.op_id,
+        f.expected,
+        f.seen
+    )
+}
+
+/// The running checker.
+pub struct Online {
+    tap: Tap,
+    ledger_tx: mpsc::SyncSender<Ledger>,
+    thread: JoinHandle<Verdict>,
+    pub status: Arc<Status>,
+}
+
+impl Online {
+    /// Starts the checker; give the returned tap to `Ledger::create`, then
+    /// `attach` the ledger so findings can be written. Findings matching a
+    /// tolerance are recorded as known deviations.
+    pub fn start(info: RunInfo, tolerate: Vec<Tolerance>) -> (Online, Tap) {
+        let (tap, rx) = mpsc::sync_channel(TAP_QUEUE_MAX);
+        let (ledger_tx, ledger_rx) = mpsc::sync_channel::<Ledger>(1);
+        let status = Arc::new(Status::default());
+        let thread_status = status.clone();
+        let thread = std::thread::Builder::new()
+            .name("faultline-oracle".into())
+            .spawn(move || {
+                let ledger = ledger_rx.recv().ok();
+                let guard = LostOnPanic(&thread_status);
+                let verdict = check_loop(info, &tolerate, rx, ledger, &thread_status);
+                std::mem::forget(guard);
+                verdict
+            })
+            .expect("a thread can be spawned at start-up");
+        (
+            Online {
+                tap: tap.clone(),
+                ledger_tx,
+                thread,
+                status,
+            },
+            tap,
+        )
+    }
+
+    /// Gives the checker the ledger to write its findings to.
+    pub fn attach(&self, ledger: Ledger) {
+        let _ = self.ledger_tx.send(ledger);
+    }
+
+    /// Ends the check once everything the ledger committed was seen (call
+    /// `Ledger::flush` first): judges what is still waiting and returns the
+    /// verdict; `None` if the checker died.
+    pub fn finish(self) -> Option<Verdict> {
+        let _ = self.tap.send(Tapped::End);
+        self.thread.join().ok()
+    }
+}
+
+/// Marks the status lost if the checker thread unwinds.
+struct LostOnPanic<'a>(&'a Status);
+
+impl Drop for LostOnPanic<'_> {
+    fn drop(&mut self) {
+        self.0.lost.store(true, Ordering::Relaxed);
+    }
+}
+
+fn check_loop(
+    info: RunInfo,
+    tolerate: &[Tolerance],
+    rx: mpsc::Receiver<Tapped>,
+    ledger: Option<Ledger>,
+    status: &Status,
+) -> Verdict {
+    let mut oracle = Oracle::new(info);
+    let mut faults: Vec<FaultRecord> = Vec::new();
+    let mut all: Vec<Finding> = Vec::new();
+    let emit = |findings: Vec<Finding>, faults: &[FaultRecord]| {
+        for f in findings {
+            let known = known_deviation(tolerate, &f);
+            status.record(&f, known.is_some());
+            match known {
+                Some(why) => tracing::info!(finding = %summary(&f), why, "known deviation"),
+                None => tracing::warn!(finding = %summary(&f), "violation"),
+            }
+            if let Some(l) = &ledger {
+                let record = finding_record(&f, faults, known);
+                let _ = l.send(Record::Finding(Box::new(record)));
+            }
+        }
+    };
+    while let Ok(item) = rx.recv() {
+        match item {
+            Tapped::Op(op) => {
+                oracle.observe(*op);
+                let found = oracle.take_findings();
+                status
+                    .checked
+                    .store(oracle.coverage().reads_checked, Ordering::Relaxed);
+                status
+                    .waiting
+                    .store(oracle.waiting() as u64, Ordering::Relaxed);
+                all.extend(found.iter().cloned());
+                emit(found, &faults);
+            }
+            Tapped::Fault(f) => match faults.iter_mut().find(|x| x.id == f.id) {
+                Some(x) => *x = *f,
+                None => faults.push(*f),
+            },
+            Tapped::End => break,
+        }
+    }
+    // Finishing judges what was still waiting; its findings are new.
+    let mut verdict = oracle.finish();
+    let last = std::mem::take(&mut verdict.findings);
+    all.extend(last.iter().cloned());
+    emit(last, &faults);
+    status
+        .checked
+        .store(verdict.coverage.reads_checked, Ordering::Relaxed);
+    status.waiting.store(0, Ordering::Relaxed);
+    verdict.findings = all;
+    verdict
+}
+
+/// The fault whose window (start to recovery, or to now while open)
+/// overlaps an operation's interval; the latest one if several do.
+pub fn fault_at(faults: &[FaultRecord], t_invoke: u64, t_return: u64) -> Option<&FaultRecord> {
+    faults
+        .iter()
+        .filter(|f| {
+            let end = f.t_recovered_ns.or(f.t_end_ns).unwrap_or(u64::MAX);
+            f.t_start_ns <= t_return && t_invoke <= end
+        })
+        .max_by_key(|f| f.t_start_ns)
+}
+
+/// A finding as the ledger stores it: the witness as JSON, with the read,
+/// the writes and the fault active at the time; `known` when tolerated.
+pub fn finding_record(f: &Finding, faults: &[FaultRecord], known: Option<&str>) -> FindingRecord {
+    let fault = fault_at(faults, f.t_invoke_ns, f.t_ns);
+    let witness = serde_json::json!({
+        "read": {"op_id": f.op_id, "t_invoke_ns": f.t_invoke_ns, "t_return_ns": f.t_ns},
+        "writes": f.writes,
+        "fault": fault.map(|x| serde_json::json!({
+            "id": x.id, "kind": x.kind, "target": x.target,
+            "t_start_ns": x.t_start_ns, "t_end_ns": x.t_end_ns, "t_recovered_ns": x.t_recovered_ns,
+        })),
+    });
+    FindingRecord {
+        class: f.class.as_str().to_string(),
+        key: f.key.clone(),
+        op_id: Some(f.op_id),
+        fault_id: fault.map(|x| x.id),
+        t_ns: f.t_ns,
+        expected: f.expected.clone(),
+        seen: f.seen.clone(),
+        witness: witness.to_string(),
+        known: known.map(str::to_string),
+    }
+}
