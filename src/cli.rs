@@ -27,9 +27,12 @@ pub enum Command {
     /// Boot a cluster from a profile, print how to reach it, and keep it
     /// running until Ctrl-C, then tear it down.
     Up(UpArgs),
-    /// Boot a cluster and drive it with the seeded workload for a while,
-    /// recording every operation in the run's ledger.sqlite.
+    /// Boot a cluster and drive it with the seeded workload and one fault
+    /// at a time for a while, checking every operation as it completes.
     Soak(SoakArgs),
+    /// A pre-release gate: fire every configured fault kind on every role
+    /// once, verify every key, exit 0 only if nothing was wrong.
+    Gate(GateArgs),
     /// Re-check a run's ledger against the oracle's contract; exit 1 on findings.
     Verify(VerifyArgs),
     /// Install the binary a profile needs into the cache, without booting.
@@ -71,12 +74,10 @@ pub struct SoakArgs {
     /// How long to run the workload, e.g. 90s, 10m, 4h.
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     pub duration: Duration,
-    /// Concurrent workers [default: the profile's, else 24].
-    #[arg(long)]
-    pub workers: Option<u32>,
-    /// Operation mix as weights, e.g. write=35,delete=8,get=20,head=12,range=17,list=8.
-    #[arg(long)]
-    pub mix: Option<String>,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
     /// Seconds between progress lines.
     #[arg(long, default_value_t = 10)]
     pub progress_every_s: u64,
@@ -87,6 +88,138 @@ pub struct SoakArgs {
     /// End the workload at the first violation (then verify and report).
     #[arg(long)]
     pub stop_on_violation: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GateArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Give up (exit 4) if the plan is not through by then.
+    #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
+    pub max_duration: Duration,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10)]
+    pub progress_every_s: u64,
+    /// Keep going after the first violation (the gate stops at it by default).
+    #[arg(long)]
+    pub keep_going: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkloadArgs {
+    /// Concurrent workers [default: the profile's, else 24].
+    #[arg(long)]
+    pub workers: Option<u32>,
+    /// Operation mix as weights, e.g. write=35,delete=8,get=20,head=12,range=17,list=8.
+    #[arg(long)]
+    pub mix: Option<String>,
+}
+
+impl WorkloadArgs {
+    fn apply(&self, profile: &mut Profile) -> Result<(), Error> {
+        if let Some(w) = self.workers {
+            if w == 0 {
+                return Err(Error::Usage("--workers must be at least 1".into()));
+            }
+            profile.workload.workers = w;
+        }
+        if let Some(mix) = &self.mix {
+            profile.workload.mix = crate::workload::plan::Mix::parse(mix).map_err(Error::Usage)?;
+        }
+        Ok(())
+    }
+
+    /// The flags as given, for the command that reproduces the run.
+    fn flags(&self) -> String {
+        let mut out = String::new();
+        if let Some(w) = self.workers {
+            out += &format!(" --workers {w}");
+        }
+        if let Some(m) = &self.mix {
+            out += &format!(" --mix {m}");
+        }
+        out
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FaultArgs {
+    /// Fault kinds to inject, e.g. kill-start,dead, or "none" [default: the
+    /// profile's, else all: kill-start, stop-start, restart, update,
+    /// rolling-update, offline, dead].
+    #[arg(long)]
+    pub faults: Option<String>,
+    /// Clean workload between one fault's recovery and the next, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub fault_every: Option<Duration>,
+    /// How long a killed or offline node stays down, e.g. 10s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub hold: Option<Duration>,
+    /// How long a SIGSTOPped node stays stopped, e.g. 75s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub stop_hold: Option<Duration>,
+    /// The version `update` faults move to (installed on first use).
+    #[arg(long)]
+    pub update_version: Option<String>,
+}
+
+impl FaultArgs {
+    /// Applies the flags to the profile's `[faults]`; false for "none".
+    fn apply(&self, profile: &mut Profile) -> Result<bool, Error> {
+        let f = &mut profile.faults;
+        match self.faults.as_deref() {
+            Some("none") => return Ok(false),
+            Some(list) => {
+                f.kinds = crate::faults::FaultKind::parse_list(list)
+                    .map_err(|e| Error::Usage(format!("--faults: {e}")))?;
+                if f.kinds.is_empty() {
+                    return Err(Error::Usage(
+                        "--faults: name at least one kind, or none".into(),
+                    ));
+                }
+            }
+            None => {}
+        }
+        let ms = |d: Duration| d.as_millis() as u64;
+        if let Some(d) = self.fault_every {
+            f.interval_ms = ms(d);
+        }
+        if let Some(d) = self.hold {
+            f.hold_ms = ms(d);
+        }
+        if let Some(d) = self.stop_hold {
+            f.stop_hold_ms = ms(d);
+        }
+        if let Some(v) = &self.update_version {
+            f.update_version = Some(v.clone());
+        }
+        Ok(true)
+    }
+
+    fn flags(&self) -> String {
+        let mut out = String::new();
+        let d = |d: &Duration| humantime::format_duration(*d).to_string();
+        if let Some(f) = &self.faults {
+            out += &format!(" --faults {f}");
+        }
+        for (flag, value) in [
+            ("--fault-every", &self.fault_every),
+            ("--hold", &self.hold),
+            ("--stop-hold", &self.stop_hold),
+        ] {
+            if let Some(v) = value {
+                out += &format!(" {flag} {}", d(v));
+            }
+        }
+        if let Some(v) = &self.update_version {
+            out += &format!(" --update-version {v}");
+        }
+        out
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -179,6 +312,7 @@ pub fn run(cli: Cli) -> u8 {
         match cli.command {
             Command::Up(args) => up(args).await,
             Command::Soak(args) => soak(args).await,
+            Command::Gate(args) => gate(args).await,
             Command::Verify(args) => verify(args),
             Command::Bench(BenchCommand::Oracle { ops, keys, seed }) => {
                 bench_oracle(ops, keys, seed)
@@ -336,15 +470,12 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
     let mut interrupts = Interrupts::new();
     let boot = args.cluster.boot_options();
     let mut profile = Profile::load(&boot.profile)?;
-    if let Some(w) = args.workers {
-        if w == 0 {
-            return Err(Error::Usage("--workers must be at least 1".into()));
-        }
-        profile.workload.workers = w;
-    }
-    if let Some(mix) = &args.mix {
-        profile.workload.mix = crate::workload::plan::Mix::parse(mix).map_err(Error::Usage)?;
-    }
+    args.workload.apply(&mut profile)?;
+    let faults = if args.faults.apply(&mut profile)? {
+        run::FaultMode::Soak
+    } else {
+        run::FaultMode::Off
+    };
     let retention = match args.retention {
         RetentionMode::On => Some(crate::ledger::Retention::default()),
         RetentionMode::Off => None,
@@ -357,13 +488,8 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         boot.profile.display(),
         boot.seed,
         humantime::format_duration(args.duration),
-        args.workers
-            .map(|w| format!(" --workers {w}"))
-            .unwrap_or_default(),
-        args.mix
-            .as_ref()
-            .map(|m| format!(" --mix {m}"))
-            .unwrap_or_default(),
+        args.workload.flags(),
+        args.faults.flags(),
         if args.stop_on_violation {
             " --stop-on-violation"
         } else {
@@ -374,12 +500,44 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         boot,
         profile,
         duration: args.duration,
+        faults,
         retention,
         stop_on_violation: args.stop_on_violation,
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
     };
-    run::soak(cfg, &mut interrupts).await
+    run::run(cfg, &mut interrupts).await
+}
+
+async fn gate(args: GateArgs) -> Result<u8, Error> {
+    let mut interrupts = Interrupts::new();
+    let boot = args.cluster.boot_options();
+    let mut profile = Profile::load(&boot.profile)?;
+    args.workload.apply(&mut profile)?;
+    if !args.faults.apply(&mut profile)? {
+        return Err(Error::Usage(
+            "gate: --faults none leaves nothing to gate; use soak for a run without faults".into(),
+        ));
+    }
+    let reproduce = format!(
+        "faultline gate --profile {} --seed {}{}{}{}",
+        boot.profile.display(),
+        boot.seed,
+        args.workload.flags(),
+        args.faults.flags(),
+        if args.keep_going { " --keep-going" } else { "" },
+    );
+    let cfg = RunConfig {
+        boot,
+        profile,
+        duration: args.max_duration,
+        faults: run::FaultMode::Gate,
+        retention: None,
+        stop_on_violation: !args.keep_going,
+        progress_every: Duration::from_secs(args.progress_every_s.max(1)),
+        reproduce,
+    };
+    run::run(cfg, &mut interrupts).await
 }
 
 fn verify(args: VerifyArgs) -> Result<u8, Error> {

@@ -32,6 +32,9 @@ pub enum Error {
     /// The workload itself broke (a task panicked).
     #[error("{0}")]
     Workload(String),
+    /// A second Ctrl-C: the run was given up and its cluster killed.
+    #[error("interrupted twice: the run was abandoned and every node killed")]
+    Interrupted,
 }
 
 /// The exit code for an error.
@@ -40,6 +43,8 @@ pub fn for_error(e: &Error) -> u8 {
         Error::Cluster(c) => for_cluster_error(c),
         Error::Profile(_) | Error::Usage(_) => USAGE,
         Error::Ledger(_) | Error::Workload(_) => INFRA,
+        // Abandoned before it could be judged: nothing can be vouched for.
+        Error::Interrupted => COVERAGE_GAP,
     }
 }
 

@@ -141,8 +141,24 @@ impl Response {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
+    /// The object's ETag: the header, or for a completed multipart upload
+    /// the `ETag` element of its XML answer.
     pub fn etag(&self) -> Option<String> {
-        self.header("etag").map(str::to_string)
+        if let Some(e) = self.header("etag") {
+            return Some(e.to_string());
+        }
+        #[derive(serde::Deserialize)]
+        struct Completed {
+            #[serde(rename = "ETag")]
+            etag: String,
+        }
+        let text = std::str::from_utf8(&self.body).ok()?;
+        if !text.contains("CompleteMultipartUploadResult") {
+            return None;
+        }
+        quick_xml::de::from_str::<Completed>(text)
+            .ok()
+            .map(|c| c.etag)
     }
 
     /// The generation the object's user metadata names.
@@ -696,6 +712,36 @@ mod tests {
     #[test]
     fn secret_is_not_in_debug_output() {
         assert!(!format!("{:?}", client("http://x").config()).contains("secret_access_key"));
+    }
+
+    #[test]
+    fn a_completed_multipart_upload_names_its_etag_in_its_body() {
+        let answer = |headers: &[(&str, &str)], body: &str| {
+            let mut map = reqwest::header::HeaderMap::new();
+            for (k, v) in headers {
+                map.insert(
+                    reqwest::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            Response {
+                status: StatusCode::OK,
+                headers: map,
+                body: body.as_bytes().to_vec(),
+                body_len: body.len() as u64,
+                sha256: [0; 32],
+                t_invoke: Instant::now(),
+                t_return: Instant::now(),
+            }
+        };
+        let completed = r#"<?xml version="1.0" encoding="UTF-8"?>
+<CompleteMultipartUploadResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Bucket>b</Bucket><Key>k</Key><ETag>&quot;39ae-2&quot;</ETag></CompleteMultipartUploadResult>"#;
+        assert_eq!(answer(&[], completed).etag().as_deref(), Some("\"39ae-2\""));
+        assert_eq!(
+            answer(&[("etag", "\"e1\"")], "").etag().as_deref(),
+            Some("\"e1\"")
+        );
+        assert_eq!(answer(&[], "<ListBucketResult/>").etag(), None);
     }
 
     #[test]

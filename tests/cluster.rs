@@ -670,6 +670,32 @@ fn verify_matches_online_check(ledger_path: &Path) -> faultline::oracle::Verdict
     v.verdict
 }
 
+/// Runs `faultline ARGS --runs-dir RUNS` to completion and requires exit 0
+/// and, as its last line, the command that reproduces the run; returns
+/// its standard output.
+fn run_passing(args: &[&str], runs: &Path) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .arg("--runs-dir")
+        .arg(runs)
+        .current_dir(repo(""))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("reproduce: faultline {} ", args[0])),
+        "{stdout}"
+    );
+    stdout
+}
+
 /// The run directory a CLI run created under `runs` (there is one).
 fn only_run_dir(runs: &Path) -> PathBuf {
     let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
@@ -694,8 +720,8 @@ fn drop_node_data(run_dir: &Path) {
 fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
     use faultline::ledger::LedgerReader;
     let runs = runs_dir("soak-ledger");
-    let out = Command::new(BIN)
-        .args([
+    run_passing(
+        &[
             "soak",
             "--duration",
             "15s",
@@ -703,26 +729,8 @@ fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
             "5",
             "--progress-every-s",
             "5",
-            "--runs-dir",
-        ])
-        .arg(&runs)
-        .current_dir(repo(""))
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout
-            .lines()
-            .last()
-            .unwrap()
-            .starts_with("reproduce: faultline soak "),
-        "{stdout}"
+        ],
+        &runs,
     );
     let run = only_run_dir(&runs);
     let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
@@ -974,4 +982,255 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
     assert_eq!(ledger.meta("finished_at").unwrap(), None);
     verify_matches_online_check(&ledger_path);
     drop_node_data(ledger_path.parent().unwrap());
+}
+
+/// Fault windows as the ledger records them: (kind, target, start,
+/// confirm, end, recovered, recovery ms).
+type FaultRow = (
+    String,
+    String,
+    i64,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+    Option<i64>,
+);
+
+fn fault_rows(ledger: &faultline::ledger::LedgerReader) -> Vec<FaultRow> {
+    ledger
+        .connection()
+        .prepare(
+            "SELECT kind, target, t_start_ns, t_confirm_ns, t_end_ns, t_recovered_ns, recovery_ms
+             FROM faults ORDER BY id",
+        )
+        .unwrap()
+        .query_map([], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
+        })
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+}
+
+#[test]
+fn gate_fires_every_fault_kind_confirms_undoes_and_recovers() {
+    use faultline::faults::FaultKind;
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("gate-all-kinds");
+    let stdout = run_passing(
+        &[
+            "gate",
+            "--seed",
+            "4",
+            "--fault-every",
+            "5s",
+            "--hold",
+            "3s",
+            "--stop-hold",
+            "20s",
+            "--progress-every-s",
+            "30",
+        ],
+        &runs,
+    );
+    assert!(stdout.contains("verdict: PASS"), "{stdout}");
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let faults = fault_rows(&ledger);
+    // Every kind once on the one role, each confirmed, undone and recovered
+    // in that order, the next one starting only after.
+    let mut kinds: Vec<&str> = faults.iter().map(|f| f.0.as_str()).collect();
+    kinds.sort();
+    let mut all: Vec<&str> = FaultKind::ALL.iter().map(|k| k.as_str()).collect();
+    all.sort();
+    assert_eq!(kinds, all, "{faults:#?}");
+    let mut previous_recovery = 0;
+    for (kind, target, start, confirm, end, recovered, ms) in &faults {
+        let (confirm, end, recovered) = (confirm.unwrap(), end.unwrap(), recovered.unwrap());
+        assert!(
+            previous_recovery <= *start && *start <= confirm && confirm <= end && end <= recovered,
+            "{kind} on {target}: {start} {confirm} {end} {recovered}"
+        );
+        assert!(ms.unwrap() < 120_000, "{kind}: recovery {ms:?} ms");
+        previous_recovery = recovered;
+    }
+    // The dead node was replaced by a spare, which serves from then on.
+    let dead = faults.iter().find(|f| f.0 == "dead").unwrap();
+    assert!(dead.1.contains(", replaced by n"), "{}", dead.1);
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).unwrap()).unwrap();
+    let nodes = state["nodes"].as_array().unwrap();
+    assert_eq!(nodes.iter().filter(|n| n["retired"] == true).count(), 1);
+    assert_eq!(
+        nodes
+            .iter()
+            .filter(|n| n["spare"] == false && n["retired"] == false)
+            .count(),
+        3
+    );
+    // Every acknowledged object survived: the final verification read
+    // every key back in full, byte for byte (sha256), and found nothing.
+    let verdict = verify_matches_online_check(&run.join("ledger.sqlite"));
+    assert!(
+        verdict.coverage.final_reads_checked >= 2 * 24 * 40,
+        "{:?}",
+        verdict.coverage
+    );
+    assert_eq!(
+        ledger.meta("verdict").unwrap().as_deref(),
+        Some(r#"{"verdict":"pass"}"#)
+    );
+    drop_node_data(&run);
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+/// Starts a gate of one long stop-start and waits (bounded) until the
+/// ledger shows the node stopped; returns the runner, the run directory
+/// and the stopped node's PID.
+fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
+    use faultline::ledger::LedgerReader;
+    let child = Command::new(BIN)
+        .args([
+            "gate",
+            "--seed",
+            "6",
+            "--faults",
+            "stop-start",
+            "--fault-every",
+            "2s",
+            "--stop-hold",
+            "120s",
+            "--workers",
+            "4",
+            "--runs-dir",
+        ])
+        .arg(runs)
+        .current_dir(repo(""))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Any panic below must not leave the runner (and its nodes) behind.
+    let mut guard = KillOnDrop(Some(child));
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no confirmed stop-start within 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(run) = std::fs::read_dir(runs)
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(Result::ok)
+            .map(|e| e.path())
+        else {
+            continue;
+        };
+        let Ok(ledger) = LedgerReader::open(&run.join("ledger.sqlite")) else {
+            continue;
+        };
+        // The schema is in place once the ledger opens (its version is set last).
+        let faults = ledger.faults().unwrap();
+        if let Some(f) = faults
+            .iter()
+            .find(|f| f.t_confirm_ns.is_some() && f.t_end_ns.is_none())
+        {
+            let state: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).unwrap())
+                    .unwrap();
+            let pid = state["nodes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|n| n["name"] == f.target.as_str())
+                .and_then(|n| n["pid"].as_u64())
+                .unwrap() as u32;
+            assert_eq!(
+                faultline::cluster::supervisor::proc_state_letter(pid),
+                Some('T'),
+                "{} should be stopped",
+                f.target
+            );
+            let child = guard.0.take().expect("the guard holds the child");
+            return (child, run, pid);
+        }
+    }
+}
+
+/// Kills and reaps a child process of a test when dropped, unless taken.
+struct KillOnDrop(Option<Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+#[test]
+fn sigkilled_runner_leaves_no_node_stopped_or_running_mid_stop_start() {
+    let runs = runs_dir("sigkill-mid-stop-start");
+    let (mut child, run, _) = start_stop_start_gate(&runs);
+    let pids = node_pids(&run);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_bounded(&mut child, Duration::from_secs(5));
+    // The stopped node too: SIGKILL ends a stopped process.
+    assert_all_gone_within(&pids, Duration::from_secs(5));
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+    drop_node_data(&run);
+}
+
+#[test]
+fn sigterm_mid_stop_start_heals_verifies_and_exits() {
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("sigterm-mid-stop-start");
+    let (mut child, run, stopped) = start_stop_start_gate(&runs);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    // The hold is cut short: SIGCONT at once, well before its 120 s.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while faultline::cluster::supervisor::proc_state_letter(stopped) == Some('T') {
+        assert!(
+            Instant::now() < deadline,
+            "the stopped node was not resumed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Then recovery, final verification and teardown; a gate cut short is
+    // a coverage gap.
+    let status = wait_bounded(&mut child, Duration::from_secs(240));
+    assert_eq!(status.code(), Some(4));
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let faults = fault_rows(&ledger);
+    assert_eq!(faults.len(), 1);
+    assert!(faults[0].4.is_some() && faults[0].5.is_some(), "{faults:?}");
+    let verdict: serde_json::Value =
+        serde_json::from_str(&ledger.meta("verdict").unwrap().unwrap()).unwrap();
+    assert_eq!(verdict["verdict"], "coverage-gap", "{verdict}");
+    assert!(
+        ledger
+            .count("SELECT count(*) FROM ops WHERE origin = 'final'")
+            .unwrap()
+            > 0
+    );
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+    drop_node_data(&run);
 }

@@ -35,6 +35,7 @@ pub struct Generic {
     health: BTreeMap<String, Health>,
     bootstrap: Vec<Vec<String>>,
     recovered: Option<Vec<String>>,
+    replace: Option<Vec<String>>,
     hook_env: Vec<(String, String)>,
 }
 
@@ -147,6 +148,7 @@ impl Generic {
                 dir,
                 pid: None,
                 starts: 0,
+                retired: false,
             });
         }
 
@@ -176,6 +178,11 @@ impl Generic {
             .as_ref()
             .map(|h| global.render_all(h, "hooks.recovered"))
             .transpose()?;
+        let replace = hooks
+            .replace
+            .as_ref()
+            .map(|h| global.render_all(h, "hooks.replace"))
+            .transpose()?;
         let hook_env = vec![
             (
                 "FAULTLINE_CLUSTER_JSON".into(),
@@ -197,6 +204,7 @@ impl Generic {
             health,
             bootstrap,
             recovered,
+            replace,
             hook_env,
         };
         Ok((nodes, generic, endpoints))
@@ -205,7 +213,7 @@ impl Generic {
     /// Waits for every started node's health probe, then runs the
     /// bootstrap hooks in order.
     pub async fn bootstrap(&self, ctx: &Ctx, nodes: &[Node]) -> Result<(), ClusterError> {
-        for node in nodes.iter().filter(|n| !n.spare) {
+        for node in nodes.iter().filter(|n| n.is_active()) {
             self.wait_healthy(ctx, node).await?;
         }
         for (i, argv) in self.bootstrap.iter().enumerate() {
@@ -255,6 +263,48 @@ impl Generic {
             }
             tokio::time::sleep(Duration::from_millis(RETRY_INTERVAL_MS)).await;
         }
+    }
+
+    /// Hands a dead node's share to a started spare: waits for the spare's
+    /// health probe, then runs the `replace` hook with both nodes named in
+    /// its environment (`FAULTLINE_DEAD_NODE`, `FAULTLINE_DEAD_DIR`,
+    /// `FAULTLINE_SPARE_NODE`, `FAULTLINE_SPARE_DIR`).
+    pub async fn replace(&self, ctx: &Ctx, dead: &Node, spare: &Node) -> Result<(), ClusterError> {
+        let Some(argv) = &self.replace else {
+            return Err(ClusterError::Config(
+                "the profile has no [hooks] replace command, so a dead node cannot be replaced"
+                    .into(),
+            ));
+        };
+        self.wait_healthy(ctx, spare).await?;
+        let mut env = self.hook_env.clone();
+        env.extend([
+            ("FAULTLINE_DEAD_NODE".to_string(), dead.name.clone()),
+            (
+                "FAULTLINE_DEAD_DIR".to_string(),
+                dead.dir.display().to_string(),
+            ),
+            ("FAULTLINE_SPARE_NODE".to_string(), spare.name.clone()),
+            (
+                "FAULTLINE_SPARE_DIR".to_string(),
+                spare.dir.display().to_string(),
+            ),
+        ]);
+        let out = ctx.run_command("replace hook", argv, &env).await?;
+        if !out.success {
+            return Err(ClusterError::Step {
+                node: spare.name.clone(),
+                step: format!("replace hook ({} for {})", spare.name, dead.name),
+                detail: format!("{}: {}", out.status, super::last_line(&out.output)),
+                log: ctx.run_dir.join("commands.log").display().to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the profile can replace a dead node.
+    pub fn can_replace(&self) -> bool {
+        self.replace.is_some()
     }
 
     /// The generic gate conditions: each running node's health probe and

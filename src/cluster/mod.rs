@@ -114,6 +114,9 @@ pub struct Node {
     pub role: String,
     /// A spare is configured but started only to replace a dead node.
     pub spare: bool,
+    /// Declared dead and replaced: never started again, outside the gate.
+    #[serde(default)]
+    pub retired: bool,
     pub dir: PathBuf,
     pub log: PathBuf,
     pub program: PathBuf,
@@ -127,6 +130,13 @@ pub struct Node {
     pub data_dirs: Vec<PathBuf>,
     pub pid: Option<u32>,
     pub starts: u32,
+}
+
+impl Node {
+    /// In service: neither an unused spare nor retired.
+    pub fn is_active(&self) -> bool {
+        !self.spare && !self.retired
+    }
 }
 
 /// Options every caller of the S3 probes and the gate share.
@@ -364,6 +374,100 @@ impl Cluster {
             .ok_or_else(|| ClusterError::Config(format!("no node named {name}")))
     }
 
+    /// Nodes in service (neither an unused spare nor retired), optionally
+    /// of one role.
+    pub fn active_nodes(&self, role: Option<&str>) -> Vec<&Node> {
+        self.nodes
+            .iter()
+            .filter(|n| n.is_active() && role.is_none_or(|r| n.role == r))
+            .collect()
+    }
+
+    /// The roles of the nodes in service, in profile order.
+    pub fn roles(&self) -> Vec<String> {
+        let mut roles: Vec<String> = Vec::new();
+        for n in self.nodes.iter().filter(|n| n.is_active()) {
+            if !roles.contains(&n.role) {
+                roles.push(n.role.clone());
+            }
+        }
+        roles
+    }
+
+    /// Whether a dead node can be replaced at all (generic profiles need
+    /// a `replace` hook).
+    pub fn can_replace(&self) -> bool {
+        match &self.flavor {
+            Flavor::Garage(_) => true,
+            Flavor::Generic(g) => g.can_replace(),
+        }
+    }
+
+    /// An unused spare of `role`, if the pool has one left.
+    pub fn spare_of(&self, role: &str) -> Option<&Node> {
+        self.nodes
+            .iter()
+            .find(|n| n.spare && !n.retired && n.pid.is_none() && n.role == role)
+    }
+
+    /// Replaces a dead node (already stopped) with a spare of its role:
+    /// starts the spare, lets the flavor move the dead node's share to it
+    /// (Garage: a layout change; generic: the `replace` hook), retires the
+    /// dead node and swaps its S3 endpoint for the spare's. Returns the
+    /// workload endpoint that changed, as (old, new), if one did.
+    pub async fn replace_node(
+        &mut self,
+        dead: &str,
+        spare: &str,
+    ) -> Result<Option<(String, String)>, ClusterError> {
+        let d = self.node_index(dead)?;
+        let s = self.node_index(spare)?;
+        if !self.nodes[s].spare || self.nodes[s].pid.is_some() {
+            return Err(ClusterError::Config(format!(
+                "{spare} is not an unused spare"
+            )));
+        }
+        if self.nodes[s].role != self.nodes[d].role {
+            return Err(ClusterError::Config(format!(
+                "{spare} (role {}) cannot replace {dead} (role {})",
+                self.nodes[s].role, self.nodes[d].role
+            )));
+        }
+        self.start_node(spare).await?;
+        match &mut self.flavor {
+            Flavor::Garage(g) => {
+                let via = self
+                    .nodes
+                    .iter()
+                    .find(|n| n.is_active() && n.name != dead)
+                    .ok_or_else(|| {
+                        ClusterError::Config("no node left to reach the cluster".into())
+                    })?;
+                g.replace(&self.ctx, &self.nodes[d], &self.nodes[s], via)
+                    .await?
+            }
+            Flavor::Generic(g) => g.replace(&self.ctx, &self.nodes[d], &self.nodes[s]).await?,
+        }
+        self.nodes[d].retired = true;
+        self.nodes[s].spare = false;
+        let mut changed = None;
+        if let (Some(old), Some(new)) = (
+            self.nodes[d].s3_endpoint.clone(),
+            self.nodes[s].s3_endpoint.clone(),
+        ) {
+            for ep in self.s3.node_endpoints.iter_mut().filter(|e| **e == old) {
+                *ep = new.clone();
+            }
+            for ep in self.s3.endpoints.iter_mut().filter(|e| **e == old) {
+                *ep = new.clone();
+                changed = Some((old.clone(), new.clone()));
+            }
+        }
+        tracing::info!(dead, spare, "node replaced");
+        self.write_state()?;
+        Ok(changed)
+    }
+
     /// PIDs of every process the cluster has started that may still run.
     pub fn pids(&self) -> Vec<u32> {
         self.nodes.iter().filter_map(|n| n.pid).collect()
@@ -379,6 +483,7 @@ impl Cluster {
     }
 
     async fn start_initial_nodes(&mut self) -> Result<(), ClusterError> {
+        debug_assert!(self.nodes.iter().all(|n| !n.retired));
         let names: Vec<String> = self
             .nodes
             .iter()
@@ -580,7 +685,7 @@ impl Cluster {
     pub async fn gate_once(&self) -> Vec<Unmet> {
         let mut unmet = Vec::new();
         let mut up = Vec::new();
-        for node in self.nodes.iter().filter(|n| !n.spare) {
+        for node in self.nodes.iter().filter(|n| n.is_active()) {
             let state = match node.pid {
                 Some(pid) => self.ctx.sup.state(pid).await.ok(),
                 None => None,

@@ -60,6 +60,9 @@ pub struct Profile {
     pub workload: crate::workload::WorkloadConfig,
     #[serde(default)]
     pub oracle: OracleSection,
+    /// Which faults to inject and how (the command line overrides some).
+    #[serde(default)]
+    pub faults: crate::faults::FaultSettings,
 }
 
 /// What the oracle holds the store to.
@@ -224,6 +227,16 @@ pub struct GarageSection {
     /// `RUST_LOG` for the nodes.
     #[serde(default = "default_garage_log")]
     pub log_filter: String,
+    /// The recovery gate counts table sync as settled on a node when its
+    /// merkle-updater backlog is at most this: a cluster under load always
+    /// has a few entries queued (10 to 20 at 300 ops/s here), a node
+    /// catching up has hundreds or thousands.
+    #[serde(default = "default_merkle_backlog_max")]
+    pub gate_merkle_backlog_max: u64,
+}
+
+fn default_merkle_backlog_max() -> u64 {
+    100
 }
 
 fn default_capacity() -> String {
@@ -340,6 +353,11 @@ pub struct HooksSection {
     pub bootstrap: Vec<Vec<String>>,
     /// Exits 0 when the cluster has recovered; part of the recovery gate.
     pub recovered: Option<Vec<String>>,
+    /// Hands a dead node's share to a started spare (the `dead` fault);
+    /// gets FAULTLINE_DEAD_NODE, FAULTLINE_DEAD_DIR, FAULTLINE_SPARE_NODE
+    /// and FAULTLINE_SPARE_DIR in its environment.
+    #[serde(default)]
+    pub replace: Option<Vec<String>>,
 }
 
 /// Deadlines, in milliseconds.
@@ -466,6 +484,23 @@ impl Profile {
                 "workload.delete_watermark",
                 "a fraction from 0 to 1",
                 w.delete_watermark.to_string(),
+            ));
+        }
+        let f = &self.faults;
+        if f.kinds.is_empty() {
+            return Err(invalid(
+                "faults.kinds",
+                "at least one fault kind",
+                "an empty list".into(),
+            ));
+        }
+        if let Some(v) = &f.update_version
+            && !valid_version(v)
+        {
+            return Err(invalid(
+                "faults.update_version",
+                "an exact version such as \"2.5.0\"",
+                format!("{v:?}"),
             ));
         }
         match self.kind {

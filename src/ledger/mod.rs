@@ -609,6 +609,18 @@ fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Re
     Ok(())
 }
 
+/// Sets one `run_meta` fact in a ledger whose writer has finished (the
+/// run's verdict, known only at the very end).
+pub fn set_meta(path: &Path, key: &str, value: &str) -> Result<(), LedgerError> {
+    let conn = Connection::open(path).map_err(sql_err(path))?;
+    conn.execute(
+        "INSERT OR REPLACE INTO run_meta (key, value) VALUES (?1, ?2)",
+        params![key, value],
+    )
+    .map_err(sql_err(path))?;
+    Ok(())
+}
+
 /// A read-only view of a ledger, for reports, verification and queries.
 pub struct LedgerReader {
     conn: Connection,

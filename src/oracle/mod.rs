@@ -222,6 +222,8 @@ struct Write {
     deleted: bool,
     size: u64,
     sha256: Option<[u8; 32]>,
+    /// The ETag the store answered the write with (acknowledged writes).
+    etag: Option<String>,
     t_invoke: u64,
     t_return: u64,
     outcome: Outcome,
@@ -627,6 +629,7 @@ impl Oracle {
             deleted: op.kind == OpKind::Delete,
             size: op.size.unwrap_or(0),
             sha256: op.sha256,
+            etag: op.etag.clone(),
             t_invoke: op.t_invoke_ns,
             t_return: op.t_return_ns,
             outcome: op.outcome,
@@ -1190,10 +1193,13 @@ impl Oracle {
                 ));
             }
         }
-        let on_page: HashMap<&str, u64> = if ordered {
+        let on_page: HashMap<&str, (u64, Option<&str>)> = if ordered {
             HashMap::new()
         } else {
-            entries.iter().map(|(k, s, _)| (k.as_str(), *s)).collect()
+            entries
+                .iter()
+                .map(|(k, s, e)| (k.as_str(), (*s, e.as_deref())))
+                .collect()
         };
         // Every key of the run in the page's range, merged with the sorted entries.
         let lower = page.after.as_deref().unwrap_or(&self.info.prefix);
@@ -1212,7 +1218,8 @@ impl Oracle {
                 while cursor < entries.len() && entries[cursor].0.as_str() < key {
                     cursor += 1;
                 }
-                (cursor < entries.len() && entries[cursor].0 == key).then(|| entries[cursor].1)
+                (cursor < entries.len() && entries[cursor].0 == key)
+                    .then(|| (entries[cursor].1, entries[cursor].2.as_deref()))
             } else {
                 on_page.get(key).copied()
             };
@@ -1231,25 +1238,48 @@ impl Oracle {
                     "not on the page".into(),
                     allowed.witness(),
                 )),
-                Some(_) if !may_be_present => findings.push(mk(
-                    Class::ListGhost,
-                    Some(key),
-                    allowed.describe(),
-                    "on the page".into(),
-                    allowed.witness(),
-                )),
-                Some(size) if !allowed.present().any(|w| w.size == size) => findings.push(mk(
-                    Class::MetadataMismatch,
-                    Some(key),
-                    allowed.describe(),
-                    format!("listed with {size} bytes"),
-                    allowed.witness(),
-                )),
+                Some((size, etag))
+                    if !may_be_present || !allowed.present().any(|w| listed_as(w, size, etag)) =>
+                {
+                    // Name the value by the write it shows, if it is known.
+                    let older = kh
+                        .writes
+                        .iter()
+                        .rev()
+                        .find(|w| !w.deleted && w.etag.is_some() && listed_as(w, size, etag));
+                    let mut witness = allowed.witness();
+                    witness.extend(older.map(Write::witness));
+                    let shows = older.map_or(String::new(), |w| {
+                        format!(": g{}, older than allowed", w.generation)
+                    });
+                    let (class, seen) = if may_be_present {
+                        (
+                            Class::MetadataMismatch,
+                            format!(
+                                "listed with {size} bytes, ETag {}{shows}",
+                                etag.unwrap_or("none")
+                            ),
+                        )
+                    } else {
+                        (Class::ListGhost, format!("on the page{shows}"))
+                    };
+                    findings.push(mk(class, Some(key), allowed.describe(), seen, witness))
+                }
                 _ => {}
             }
         }
         Some((findings, covered))
     }
+}
+
+/// Could a LIST entry of `size` and `etag` be write `w`? ETags are
+/// compared only when both are known (an ambiguous write has none).
+fn listed_as(w: &Write, size: u64, etag: Option<&str>) -> bool {
+    w.size == size
+        && match (&w.etag, etag) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        }
 }
 
 /// Checks a whole history at once (tests, benchmarks).

@@ -69,6 +69,22 @@ impl H {
         self
     }
 
+    /// Sets the ETag the store answered the last write with, or gives
+    /// the last LIST page's entries these ETags (in order).
+    fn etags(&mut self, etags: &[&str]) -> &mut H {
+        let op = self.ops.last_mut().unwrap();
+        if op.kind == OpKind::List {
+            let mut page: ListDetail = serde_json::from_str(op.detail.as_deref().unwrap()).unwrap();
+            for (entry, etag) in page.keys.iter_mut().zip(etags) {
+                entry.2 = Some(etag.to_string());
+            }
+            op.detail = Some(serde_json::to_string(&page).unwrap());
+        } else {
+            op.etag = Some(etags[0].to_string());
+        }
+        self
+    }
+
     /// Marks the last operation as part of the final verification.
     fn final_(&mut self) -> &mut H {
         let op = self.ops.last_mut().unwrap();
@@ -455,6 +471,24 @@ fn each_violation_class_is_named() {
         &[Class::MetadataMismatch],
     );
     check_row(
+        "metadata-mismatch: a listed ETag no allowed version has",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .etags(&["\"e1\""])
+            .list((20, 30), None, &[("a", 10)], false)
+            .etags(&["\"e2\""]),
+        &[Class::MetadataMismatch],
+    );
+    check_row(
+        "a listed ETag equal to the write's answer is fine",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .etags(&["\"e1\""])
+            .list((20, 30), None, &[("a", 10)], false)
+            .etags(&["\"e1\""]),
+        &[],
+    );
+    check_row(
         "list-protocol: keys out of order",
         H::default()
             .put("a", 1, 10, (0, 10), Acked)
@@ -480,6 +514,45 @@ fn each_violation_class_is_named() {
         ),
         &[Class::Phantom],
     );
+}
+
+#[test]
+fn a_stale_list_entry_is_named_by_the_generation_it_shows() {
+    // A replica that missed the overwrite and the DELETE lists g1: once
+    // while only Absent is allowed, once while an overwrite is in flight.
+    let mut h = H::default();
+    h.put("a", 1, 10, (0, 10), Acked)
+        .etags(&["\"e1\""])
+        .put("a", 2, 20, (20, 30), Acked)
+        .etags(&["\"e2\""])
+        .del("a", 3, (40, 50), Acked)
+        .list((60, 70), None, &[("a", 10)], false)
+        .etags(&["\"e1\""])
+        .put("a", 4, 30, (80, 200), Ambiguous)
+        .list((90, 100), None, &[("a", 10)], false)
+        .etags(&["\"e1\""]);
+    let v = check(&info(), h.ops.clone());
+    let got: Vec<(Class, &str, &str)> = v
+        .findings
+        .iter()
+        .map(|f| (f.class, f.expected.as_str(), f.seen.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (
+                Class::ListGhost,
+                "absent (DELETE g3)",
+                "on the page: g1, older than allowed"
+            ),
+            (
+                Class::MetadataMismatch,
+                "absent (DELETE g3) or g4 (30 bytes)",
+                "listed with 10 bytes, ETag \"e1\": g1, older than allowed"
+            ),
+        ]
+    );
+    assert_eq!(v.findings[0].write_ids(), vec![3, 1]);
 }
 
 #[test]
@@ -686,6 +759,7 @@ impl Keys {
                     deleted: op.kind == OpKind::Delete,
                     size: op.size.unwrap_or(0),
                     sha256: op.sha256,
+                    etag: op.etag.clone(),
                     t_invoke: op.t_invoke_ns,
                     t_return: op.t_return_ns,
                     outcome: op.outcome,

@@ -7,10 +7,12 @@
 //! else happened; a run that could not check enough says so instead of
 //! passing (oracle.md §8).
 
+pub mod coverage;
 pub mod online;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -19,6 +21,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::cluster::profile::{OracleSection, Profile, Tolerance, known_deviation};
 use crate::cluster::{BootOptions, Cluster};
 use crate::exit::{self, Error};
+use crate::faults::{FaultStatus, Injector, Planned, SoakPlan, gate_plan};
 use crate::history::{OpKind, Outcome};
 use crate::ledger::{Ledger, LedgerReader, Record, Retention};
 use crate::oracle::{Contract, Coverage, Finding, RunInfo, Verdict};
@@ -73,13 +76,28 @@ pub async fn boot_unless_interrupted(
     }
 }
 
+/// Whether and how faults are injected during a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// No faults: the workload alone.
+    Off,
+    /// The soak's endless plan, until the duration ends.
+    Soak,
+    /// The gate's finite plan: every kind on every role once; the run
+    /// ends when it is through.
+    Gate,
+}
+
 /// What a run is asked to do.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub boot: BootOptions,
-    /// The profile with the command line's overrides applied.
+    /// The profile with the command line's overrides applied (its
+    /// `[faults]` table included).
     pub profile: Profile,
+    /// How long the workload runs (soak), or at most (gate).
     pub duration: Duration,
+    pub faults: FaultMode,
     pub retention: Option<Retention>,
     /// End the workload at the first finding.
     pub stop_on_violation: bool,
@@ -160,11 +178,11 @@ impl OracleMeta {
     }
 }
 
-/// Runs the workload against a booted cluster for `cfg.duration` (soak).
-pub async fn soak(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
+/// Boots the cluster, runs the workload (and faults) and judges the run.
+pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
     let seed = cfg.boot.seed;
     eprintln!("faultline: seed {seed}");
-    let Some(cluster) = boot_unless_interrupted(&cfg.boot, interrupts).await? else {
+    let Some(mut cluster) = boot_unless_interrupted(&cfg.boot, interrupts).await? else {
         return Ok(exit::INFRA);
     };
     eprintln!(
@@ -173,13 +191,21 @@ pub async fn soak(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Err
         cluster.booted_in().as_secs_f64(),
         cluster.run_dir().display()
     );
-    let result = drive(&cfg, &cluster, interrupts).await;
-    eprintln!("faultline: stopping the cluster");
-    tokio::select! {
-        r = cluster.shutdown() => r?,
-        _ = interrupts.next() => {
+    let result = drive(&cfg, &mut cluster, interrupts).await;
+    match &result {
+        Err(Error::Interrupted) => {
             eprintln!("faultline: killing every node now");
             cluster.kill_all().await?;
+        }
+        _ => {
+            eprintln!("faultline: stopping the cluster");
+            tokio::select! {
+                r = cluster.shutdown() => r?,
+                _ = interrupts.next() => {
+                    eprintln!("faultline: killing every node now");
+                    cluster.kill_all().await?;
+                }
+            }
         }
     }
     let verdict = result?;
@@ -189,17 +215,43 @@ pub async fn soak(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Err
     Ok(verdict.exit_code())
 }
 
+/// The binary `update` faults move to, installed if the profile names a
+/// version; `None` to restart each node on its own binary.
+async fn update_binary(cfg: &RunConfig) -> Result<Option<PathBuf>, Error> {
+    let Some(version) = &cfg.profile.faults.update_version else {
+        return Ok(None);
+    };
+    let (krate, name) = match (&cfg.profile.garage, &cfg.profile.binary) {
+        (Some(_), _) => ("garage".to_string(), "garage".to_string()),
+        (None, Some(b)) => (b.krate.clone(), b.name.clone().unwrap_or(b.krate.clone())),
+        (None, None) => {
+            return Err(Error::Usage(
+                "faults.update_version needs a profile that installs its binary ([garage] or [binary])"
+                    .into(),
+            ));
+        }
+    };
+    let bin = crate::cluster::provision::ensure_binary(&cfg.boot.cache_dir, &krate, version, &name)
+        .await
+        .map_err(crate::cluster::ClusterError::from)?;
+    Ok(Some(bin))
+}
+
 /// Everything between boot and shutdown; the cluster is torn down by the
-/// caller whatever this returns.
+/// caller whatever this returns (at once on `Error::Interrupted`).
 async fn drive(
     cfg: &RunConfig,
-    cluster: &Cluster,
+    cluster: &mut Cluster,
     interrupts: &mut Interrupts,
 ) -> Result<RunVerdict, Error> {
     let seed = cfg.boot.seed;
     let wl = cfg.profile.workload.clone();
     let run_dir = cluster.run_dir().to_path_buf();
     let ledger_path = run_dir.join("ledger.sqlite");
+    let update_bin = match cfg.faults {
+        FaultMode::Off => None,
+        _ => update_binary(cfg).await?,
+    };
     eprintln!(
         "faultline: ledger retention {}",
         cfg.retention.map_or_else(
@@ -251,6 +303,17 @@ async fn drive(
             "oracle",
             serde_json::to_string(&oracle_meta).expect("oracle settings serialise"),
         ),
+        (
+            "faults",
+            match cfg.faults {
+                FaultMode::Off => "off".to_string(),
+                mode => serde_json::json!({
+                    "mode": if mode == FaultMode::Gate { "gate" } else { "soak" },
+                    "settings": cfg.profile.faults,
+                })
+                .to_string(),
+            },
+        ),
         ("started_at", crate::cluster::utc_now()),
         ("duration_ms", cfg.duration.as_millis().to_string()),
     ];
@@ -267,10 +330,51 @@ async fn drive(
         .iter()
         .map(|ep| cluster.s3.client(ep, timeouts))
         .collect();
+    let s3 = cluster.s3.clone();
     let clock = Instant::now();
     let workload = Workload::new(wl.clone(), seed, prefix, clients, ledger.clone(), clock);
     let stats = workload.stats.clone();
+    let recovery_deadline = Duration::from_millis(cluster.profile.timeouts.recovery_ms);
+    let mut injector = Injector::new(
+        seed,
+        cfg.profile.faults.clone(),
+        update_bin,
+        ledger.clone(),
+        clock,
+        recovery_deadline,
+    );
+    let fault_status = injector.status();
+    let roles = cluster.roles();
+    let plan: Vec<Planned> = match cfg.faults {
+        FaultMode::Off => Vec::new(),
+        FaultMode::Gate => gate_plan(seed, &cfg.profile.faults.kinds, &roles),
+        // Enough for any duration: one fault takes at least the interval.
+        FaultMode::Soak => SoakPlan::new(seed, &cfg.profile.faults, &roles)
+            .take(
+                (cfg.duration.as_millis() / u128::from(cfg.profile.faults.interval_ms.max(1)) + 1)
+                    as usize,
+            )
+            .collect(),
+    };
+    let planned = plan.len();
+    if planned > 0 {
+        eprintln!(
+            "faultline: {} fault plan: {}",
+            if cfg.faults == FaultMode::Gate {
+                "gate"
+            } else {
+                "soak"
+            },
+            plan.iter()
+                .take(12)
+                .map(|p| format!("{} on {}", p.kind.as_str(), p.role))
+                .collect::<Vec<_>>()
+                .join(", ")
+                + if planned > 12 { ", ..." } else { "" }
+        );
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (fault_stop_tx, fault_stop_rx) = tokio::sync::watch::channel(false);
     let mut running = tokio::spawn(workload.clone().run(stop_rx));
     let deadline = tokio::time::sleep(cfg.duration);
     tokio::pin!(deadline);
@@ -280,47 +384,78 @@ async fn drive(
     let mut last_total = 0u64;
     let mut finished_early = None;
     let mut ended_by = "the duration ended";
-    loop {
-        tokio::select! {
-            _ = &mut deadline => break,
-            _ = interrupts.next() => {
-                eprintln!("faultline: Ctrl-C: stopping the workload, then verifying (Ctrl-C again during teardown kills the nodes)");
-                ended_by = "interrupted";
-                break;
-            }
-            _ = status.violated(), if cfg.stop_on_violation => {
-                eprintln!("faultline: stopping at the first violation: {}", status.first().unwrap_or_default());
-                ended_by = "stopped at the first violation";
-                break;
-            }
-            r = &mut running => { finished_early = Some(r); break; }
-            _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
-            _ = progress.tick() => {
-                let total = stats.total();
-                eprintln!(
-                    "faultline: {:>6.0} s  {:>7} ops  {:>6.0} ops/s  {} not ok  {} checked  {} findings  live {} objects, {:.1} MiB",
-                    clock.elapsed().as_secs_f64(),
-                    total,
-                    (total - last_total) as f64 / cfg.progress_every.as_secs_f64().max(1.0),
-                    stats.errors(),
-                    status.checked(),
-                    status.findings(),
-                    stats.live_objects.load(Ordering::Relaxed),
-                    stats.live_bytes.load(Ordering::Relaxed) as f64 / (1 << 20) as f64,
-                );
-                last_total = total;
+    let mut interrupted = false;
+    let faults_result = {
+        let endpoint_workload = workload.clone();
+        let faults = injector.run(cluster, plan, fault_stop_rx, |old, new| {
+            tracing::info!(old, new, "workload endpoint moved");
+            endpoint_workload.replace_endpoint(old, s3.client(new, timeouts));
+        });
+        tokio::pin!(faults);
+        let mut faults_done = (cfg.faults == FaultMode::Off).then_some(Ok(()));
+        loop {
+            tokio::select! {
+                _ = &mut deadline => break,
+                r = &mut faults, if faults_done.is_none() => {
+                    let failed = r.is_err();
+                    faults_done = Some(r);
+                    if failed {
+                        ended_by = "a fault could not be undone or the cluster did not recover";
+                        break;
+                    }
+                    if cfg.faults == FaultMode::Gate {
+                        ended_by = "the fault plan is through";
+                        break;
+                    }
+                }
+                _ = interrupts.next() => {
+                    eprintln!("faultline: Ctrl-C: healing, stopping the workload, then verifying (Ctrl-C again kills the nodes at once)");
+                    ended_by = "interrupted";
+                    interrupted = true;
+                    break;
+                }
+                _ = status.violated(), if cfg.stop_on_violation => {
+                    eprintln!("faultline: stopping at the first violation: {}", status.first().unwrap_or_default());
+                    ended_by = "stopped at the first violation";
+                    break;
+                }
+                r = &mut running => { finished_early = Some(r); break; }
+                _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
+                _ = progress.tick() => {
+                    let total = stats.total();
+                    eprintln!(
+                        "faultline: {:>6.0} s  {:>7} ops  {:>6.0} ops/s  {} not ok  {} checked  {} findings ({} known)  {}",
+                        clock.elapsed().as_secs_f64(),
+                        total,
+                        (total - last_total) as f64 / cfg.progress_every.as_secs_f64().max(1.0),
+                        stats.errors(),
+                        status.checked(),
+                        status.findings(),
+                        status.known(),
+                        describe_faults(&fault_status, planned),
+                    );
+                    last_total = total;
+                }
             }
         }
-    }
+        // Heal: the injector undoes the fault in progress and waits for
+        // the gate, each step bounded; a second Ctrl-C gives up on it.
+        let _ = fault_stop_tx.send(true);
+        match faults_done {
+            Some(r) => r,
+            None => tokio::select! {
+                r = &mut faults => r,
+                _ = interrupts.next() => return Err(Error::Interrupted),
+            },
+        }
+    };
     let _ = stop_tx.send(true);
     let joined = match finished_early {
         Some(r) => r,
         // Each worker finishes its current operation, which is bounded by
         // the workload's total timeout (and a multipart upload by a few).
-        None => {
-            match tokio::time::timeout(Duration::from_millis(wl.total_timeout_ms * 8), &mut running)
-                .await
-            {
+        None => tokio::select! {
+            r = tokio::time::timeout(Duration::from_millis(wl.total_timeout_ms * 8), &mut running) => match r {
                 Ok(r) => r,
                 Err(_) => {
                     running.abort();
@@ -328,8 +463,9 @@ async fn drive(
                         "the workers did not stop in time and were aborted".into(),
                     )))
                 }
-            }
-        }
+            },
+            _ = interrupts.next() => return Err(Error::Interrupted),
+        },
     };
     let workload_result: Result<(), Error> = match joined {
         Ok(r) => r.map_err(Error::from),
@@ -339,25 +475,65 @@ async fn drive(
         "faultline: workload stopped ({ended_by}) after {:.0} s; waiting for the cluster to recover",
         clock.elapsed().as_secs_f64()
     );
-    let recovery_deadline = Duration::from_millis(cluster.profile.timeouts.recovery_ms);
-    let gate = cluster.wait_recovered(recovery_deadline).await;
-    let mut infra = None;
-    match &gate {
-        Ok(r) => {
-            eprintln!(
-                "faultline: recovered in {:.1} s; final verification of every key",
-                r.took.as_secs_f64()
-            );
-            workload.clone().verify_all().await?;
-        }
-        Err(failure) => {
-            eprintln!("faultline: {failure}; skipping final verification");
-            infra = Some(failure.to_string());
+    let mut infra = faults_result.as_ref().err().map(ToString::to_string);
+    if let Some(why) = &infra {
+        eprintln!("faultline: {why}");
+    }
+    if infra.is_none() {
+        let gate = tokio::select! {
+            g = cluster.wait_recovered(recovery_deadline) => g,
+            _ = interrupts.next() => return Err(Error::Interrupted),
+        };
+        match gate {
+            Ok(r) => {
+                eprintln!(
+                    "faultline: recovered in {:.1} s; final verification of every key",
+                    r.took.as_secs_f64()
+                );
+                tokio::select! {
+                    r = workload.clone().verify_all() => r?,
+                    _ = interrupts.next() => return Err(Error::Interrupted),
+                }
+            }
+            Err(failure) => {
+                eprintln!("faultline: {failure}; skipping final verification");
+                infra = Some(failure.to_string());
+            }
         }
     }
     record_metrics(&ledger, &stats, clock);
     ledger.flush()?;
     let verdict = online.finish();
+    ledger.send(Record::Meta {
+        key: "finished_at".into(),
+        value: crate::cluster::utc_now(),
+    })?;
+    drop(ledger);
+    drop(workload);
+    drop(injector);
+    let records = writer.finish()?;
+    let faults = {
+        let reader = LedgerReader::open(&ledger_path)?;
+        coverage::fault_coverage(&reader)?
+    };
+    let skipped: Vec<String> = fault_status
+        .lock()
+        .map(|s| {
+            s.skipped
+                .iter()
+                .map(|(k, role, why)| format!("{} on {role} skipped: {why}", k.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut plan_gaps = skipped;
+    if cfg.faults == FaultMode::Gate && interrupted {
+        plan_gaps.push("interrupted before the fault plan was through".into());
+    } else if cfg.faults == FaultMode::Gate && faults.len() + plan_gaps.len() < planned {
+        plan_gaps.push(format!(
+            "only {} of {planned} planned faults ran",
+            faults.len() + plan_gaps.len()
+        ));
+    }
     let run_verdict = judge(
         verdict.as_ref(),
         &oracle_meta.tolerate,
@@ -366,25 +542,24 @@ async fn drive(
         &stats,
         &wl,
         workload_result.is_err(),
+        &faults,
+        plan_gaps,
     );
-    ledger.send(Record::Meta {
-        key: "finished_at".into(),
-        value: crate::cluster::utc_now(),
-    })?;
-    ledger.send(Record::Meta {
-        key: "verdict".into(),
-        value: serde_json::to_string(&run_verdict).expect("a verdict serialises"),
-    })?;
+    // The verdict and coverage are facts of the run, known only now.
+    crate::ledger::set_meta(
+        &ledger_path,
+        "verdict",
+        &serde_json::to_string(&run_verdict).expect("a verdict serialises"),
+    )?;
     if let Some(v) = &verdict {
-        ledger.send(Record::Meta {
-            key: "coverage".into(),
-            value: serde_json::to_string(&v.coverage).expect("coverage serialises"),
-        })?;
+        crate::ledger::set_meta(
+            &ledger_path,
+            "coverage",
+            &serde_json::to_string(&v.coverage).expect("coverage serialises"),
+        )?;
     }
-    drop(ledger);
-    drop(workload);
-    let records = writer.finish()?;
     print_summary(&stats, clock.elapsed(), records, &ledger_path);
+    print_faults(&faults);
     if let Some(v) = &verdict {
         print_findings(&v.findings, &oracle_meta.tolerate, 10);
         print_coverage(&v.coverage);
@@ -393,7 +568,64 @@ async fn drive(
     Ok(run_verdict)
 }
 
+/// One phrase on the faults for the progress line.
+fn describe_faults(status: &Arc<Mutex<FaultStatus>>, planned: usize) -> String {
+    let Ok(s) = status.lock() else {
+        return String::new();
+    };
+    if planned == 0 {
+        return String::new();
+    }
+    let done = format!("faults {}/{planned}", s.done.len());
+    match &s.current {
+        Some((kind, target, phase)) => format!(
+            "{done}, now {} on {target} ({})",
+            kind.as_str(),
+            serde_json::to_string(phase)
+                .unwrap_or_default()
+                .trim_matches('"')
+        ),
+        None => done,
+    }
+}
+
+fn print_faults(faults: &[coverage::FaultCoverage]) {
+    if faults.is_empty() {
+        return;
+    }
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "fault",
+        "kind",
+        "target",
+        "recovery",
+        "ok during",
+        "reads after",
+    ]);
+    for f in faults {
+        table.add_row(vec![
+            format!("#{}", f.id),
+            f.kind.clone(),
+            f.target.clone(),
+            f.recovery_ms.map_or("not recovered".into(), |ms| {
+                format!("{:.1} s", ms as f64 / 1000.0)
+            }),
+            format!(
+                "{}/{} ({})",
+                f.ok_in_window,
+                f.ops_in_window,
+                f.availability()
+                    .map_or("-".into(), |a| format!("{:.0} %", a * 100.0))
+            ),
+            f.reads_after.to_string(),
+        ]);
+    }
+    println!("{table}");
+}
+
 /// The run's verdict from what the oracle found and what was covered.
+#[allow(clippy::too_many_arguments)]
 fn judge(
     verdict: Option<&Verdict>,
     tolerate: &[Tolerance],
@@ -402,6 +634,8 @@ fn judge(
     stats: &Stats,
     wl: &WorkloadConfig,
     workload_failed: bool,
+    faults: &[coverage::FaultCoverage],
+    mut plan_gaps: Vec<String>,
 ) -> RunVerdict {
     let Some(v) = verdict.filter(|_| !lost) else {
         return RunVerdict::Unknown {
@@ -426,7 +660,9 @@ fn judge(
             reason: "the workload did not finish cleanly".into(),
         };
     }
-    let gaps = coverage_gaps(&v.coverage, stats, wl);
+    let mut gaps = coverage_gaps(&v.coverage, stats, wl);
+    gaps.append(&mut plan_gaps);
+    gaps.extend(faults.iter().flat_map(coverage::FaultCoverage::gaps));
     if gaps.is_empty() {
         RunVerdict::Pass
     } else {

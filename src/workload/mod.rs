@@ -153,7 +153,10 @@ pub struct Workload {
     cfg: WorkloadConfig,
     seed: u64,
     prefix: String,
-    clients: Vec<S3Client>,
+    /// One client per endpoint, by index; an endpoint can move (a dead
+    /// node replaced by a spare), so they are swapped under a lock.
+    clients: std::sync::RwLock<Vec<Arc<S3Client>>>,
+    endpoints: usize,
     ledger: Ledger,
     clock: Instant,
     pub stats: Arc<Stats>,
@@ -248,7 +251,8 @@ impl Workload {
             cfg,
             seed,
             prefix,
-            clients,
+            endpoints: clients.len(),
+            clients: std::sync::RwLock::new(clients.into_iter().map(Arc::new).collect()),
             ledger,
             clock,
             stats: Arc::new(Stats::default()),
@@ -257,6 +261,24 @@ impl Workload {
 
     pub fn s3_timeouts(cfg: &WorkloadConfig) -> s3::Timeouts {
         cfg.timeouts()
+    }
+
+    /// The client of endpoint `ep`.
+    fn client(&self, ep: usize) -> Arc<S3Client> {
+        // A poisoned lock means a panic while swapping a client; the list
+        // itself is still whole.
+        let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
+        clients[ep].clone()
+    }
+
+    /// Sends what went to endpoint `old` to `new` from now on.
+    pub fn replace_endpoint(&self, old: &str, new: S3Client) {
+        let mut clients = self.clients.write().unwrap_or_else(|e| e.into_inner());
+        for c in clients.iter_mut() {
+            if c.config().endpoint == old {
+                *c = Arc::new(new.clone());
+            }
+        }
     }
 
     pub fn key_name(&self, worker: u32, key: u32) -> String {
@@ -315,7 +337,7 @@ impl Workload {
         let mut delay_rng = substream(self.seed, "worker-readback-delay", u64::from(w));
         while !*stop.borrow() {
             let plan = planner.next_plan();
-            let ep = planner.next_endpoint(self.clients.len());
+            let ep = planner.next_endpoint(self.endpoints);
             let acked = match plan {
                 Plan::Write { key, size } => {
                     if self.over_watermark() {
@@ -386,7 +408,7 @@ impl Workload {
                     let Some(Reverse((_, j))) = due.pop() else { continue };
                     // Choices are drawn here, in due order, from the
                     // worker's read-back stream.
-                    let ep = rng.random_range(0..self.clients.len());
+                    let ep = rng.random_range(0..self.endpoints);
                     let how = rng.random_range(0..4u32);
                     let suffix = rng.random_range(1..4096u64);
                     let this = self.clone();
@@ -427,7 +449,7 @@ impl Workload {
             .flat_map(|w| (0..self.cfg.keys_per_worker).map(move |k| (w, k)))
             .map(|(w, k)| self.key_name(w, k))
             .collect();
-        let endpoints = self.clients.len();
+        let endpoints = self.endpoints;
         futures::stream::iter(keys.iter().enumerate())
             .map(|(i, key)| {
                 let this = &self;
@@ -465,7 +487,8 @@ impl Workload {
         payload: Payload<'_>,
         keep: Keep,
     ) -> Exchanged {
-        match self.clients[ep]
+        match self
+            .client(ep)
             .exchange(method, key, query, headers, payload, keep)
             .await
         {
@@ -576,7 +599,7 @@ impl Workload {
     /// history, from before the create to after the complete: only the
     /// complete can change the key, so a failure before it is `fail`.
     async fn multipart(&self, key: &str, body: &Body, generation: u64, ep: usize) -> Exchanged {
-        let client = &self.clients[ep];
+        let client = self.client(ep);
         let t_invoke = Instant::now();
         let upload = match client.create_multipart(key, generation).await {
             Ok(id) => id,
