@@ -33,6 +33,10 @@ pub enum Command {
     /// A pre-release gate: fire every configured fault kind on every role
     /// once, verify every key, exit 0 only if nothing was wrong.
     Gate(GateArgs),
+    /// Prove the oracle on a real cluster: inject each kind of bug through a
+    /// mutating proxy and require it caught and named, then run faults
+    /// through the proxy passing everything and require no finding.
+    Selftest(SelftestArgs),
     /// Re-check a run's ledger against the oracle's contract; exit 1 on findings.
     Verify(VerifyArgs),
     /// Install the binary a profile needs into the cache, without booting.
@@ -108,6 +112,27 @@ pub struct GateArgs {
     #[arg(long)]
     pub keep_going: bool,
 }
+
+#[derive(Debug, Args)]
+pub struct SelftestArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// The faults of the clean phase [default: kill-start,stop-start,restart].
+    #[command(flatten)]
+    pub faults: FaultArgs,
+    /// Give up (exit 4) if it is not through by then.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    pub max_duration: Duration,
+    /// Seconds between progress lines.
+    #[arg(long, default_value_t = 10)]
+    pub progress_every_s: u64,
+}
+
+/// The self-test's clean phase, unless told otherwise: the three faults
+/// every store must ride out.
+const SELFTEST_FAULTS: &str = "kill-start,stop-start,restart";
 
 #[derive(Debug, Args)]
 pub struct WorkloadArgs {
@@ -313,6 +338,7 @@ pub fn run(cli: Cli) -> u8 {
             Command::Up(args) => up(args).await,
             Command::Soak(args) => soak(args).await,
             Command::Gate(args) => gate(args).await,
+            Command::Selftest(args) => selftest(args).await,
             Command::Verify(args) => verify(args),
             Command::Bench(BenchCommand::Oracle { ops, keys, seed }) => {
                 bench_oracle(ops, keys, seed)
@@ -505,6 +531,7 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         stop_on_violation: args.stop_on_violation,
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
+        selftest: false,
     };
     run::run(cfg, &mut interrupts).await
 }
@@ -536,6 +563,41 @@ async fn gate(args: GateArgs) -> Result<u8, Error> {
         stop_on_violation: !args.keep_going,
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
+        selftest: false,
+    };
+    run::run(cfg, &mut interrupts).await
+}
+
+async fn selftest(mut args: SelftestArgs) -> Result<u8, Error> {
+    let mut interrupts = Interrupts::new();
+    let boot = args.cluster.boot_options();
+    let mut profile = Profile::load(&boot.profile)?;
+    args.workload.apply(&mut profile)?;
+    if args.faults.faults.is_none() {
+        args.faults.faults = Some(SELFTEST_FAULTS.into());
+    }
+    let faults = if args.faults.apply(&mut profile)? {
+        run::FaultMode::Gate
+    } else {
+        run::FaultMode::Off
+    };
+    let reproduce = format!(
+        "faultline selftest --profile {} --seed {}{}{}",
+        boot.profile.display(),
+        boot.seed,
+        args.workload.flags(),
+        args.faults.flags(),
+    );
+    let cfg = RunConfig {
+        boot,
+        profile,
+        duration: args.max_duration,
+        faults,
+        retention: None,
+        stop_on_violation: false,
+        progress_every: Duration::from_secs(args.progress_every_s.max(1)),
+        reproduce,
+        selftest: true,
     };
     run::run(cfg, &mut interrupts).await
 }

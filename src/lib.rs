@@ -12,4 +12,5 @@ pub mod ledger;
 pub mod oracle;
 pub mod run;
 pub mod s3;
+pub mod selftest;
 pub mod workload;

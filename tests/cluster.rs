@@ -984,6 +984,19 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
     drop_node_data(ledger_path.parent().unwrap());
 }
 
+/// Faults short enough for CI: a clean interval of 5 s, nodes down for 3 s,
+/// SIGSTOP held 20 s.
+const QUICK_FAULTS: &[&str] = &[
+    "--fault-every",
+    "5s",
+    "--hold",
+    "3s",
+    "--stop-hold",
+    "20s",
+    "--progress-every-s",
+    "30",
+];
+
 /// Fault windows as the ledger records them: (kind, target, start,
 /// confirm, end, recovered, recovery ms).
 type FaultRow = (
@@ -1026,19 +1039,7 @@ fn gate_fires_every_fault_kind_confirms_undoes_and_recovers() {
     use faultline::ledger::LedgerReader;
     let runs = runs_dir("gate-all-kinds");
     let stdout = run_passing(
-        &[
-            "gate",
-            "--seed",
-            "4",
-            "--fault-every",
-            "5s",
-            "--hold",
-            "3s",
-            "--stop-hold",
-            "20s",
-            "--progress-every-s",
-            "30",
-        ],
+        &[&["gate", "--seed", "4"][..], QUICK_FAULTS].concat(),
         &runs,
     );
     assert!(stdout.contains("verdict: PASS"), "{stdout}");
@@ -1233,4 +1234,50 @@ fn sigterm_mid_stop_start_heals_verifies_and_exits() {
     );
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
     drop_node_data(&run);
+}
+
+#[test]
+fn selftest_catches_and_names_every_injected_bug_and_passes_a_clean_run_under_faults() {
+    use faultline::ledger::LedgerReader;
+    use faultline::selftest::proxy::Mutation;
+    let runs = runs_dir("selftest");
+    let stdout = run_passing(
+        &[&["selftest", "--seed", "8"][..], QUICK_FAULTS].concat(),
+        &runs,
+    );
+    assert!(stdout.contains("selftest: PASS"), "{stdout}");
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let outcome: serde_json::Value =
+        serde_json::from_str(&ledger.meta("selftest").unwrap().unwrap()).unwrap();
+    let caught = outcome["caught"].as_array().unwrap();
+    let injected: Vec<&str> = caught
+        .iter()
+        .map(|c| c["mutation"].as_str().unwrap())
+        .collect();
+    let all: Vec<&str> = Mutation::ALL.iter().map(|m| m.as_str()).collect();
+    assert_eq!(injected, all);
+    for c in caught {
+        assert_eq!(c["caught"], true, "{c}");
+        assert!(c["detection_ms"].as_u64().unwrap() < 30_000, "{c}");
+        // The online check wrote the finding, with its witness, at once.
+        let key = c["key"].as_str().unwrap();
+        let class = c["expected"].as_str().unwrap();
+        let recorded = ledger
+            .count(&format!(
+                "SELECT count(*) FROM findings WHERE key = '{key}' AND class = '{class}'
+                 AND json_extract(witness, '$.read.op_id') = op_id"
+            ))
+            .unwrap();
+        assert!(recorded > 0, "no {class} finding recorded on {key}");
+    }
+    assert_eq!(outcome["unexpected"], serde_json::json!([]));
+    // The clean phase ran its three faults, each recovered.
+    let faults = fault_rows(&ledger);
+    assert_eq!(faults.len(), 3, "{faults:?}");
+    assert!(faults.iter().all(|f| f.5.is_some()), "{faults:?}");
+    let v = faultline::run::verify(&run.join("ledger.sqlite")).unwrap();
+    assert!(v.agrees_with_online());
+    drop_node_data(&run);
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
 }

@@ -1241,12 +1241,14 @@ impl Oracle {
                 Some((size, etag))
                     if !may_be_present || !allowed.present().any(|w| listed_as(w, size, etag)) =>
                 {
-                    // Name the value by the write it shows, if it is known.
+                    // Name the value by the write it shows, if it is known
+                    // (by size and ETag; by size alone for an ambiguous
+                    // write, whose ETag never came back).
                     let older = kh
                         .writes
                         .iter()
                         .rev()
-                        .find(|w| !w.deleted && w.etag.is_some() && listed_as(w, size, etag));
+                        .find(|w| !w.deleted && listed_as(w, size, etag));
                     let mut witness = allowed.witness();
                     witness.extend(older.map(Write::witness));
                     let shows = older.map_or(String::new(), |w| {

@@ -104,6 +104,9 @@ pub struct RunConfig {
     pub progress_every: Duration,
     /// The command that reproduces this run, printed last.
     pub reproduce: String,
+    /// Run the self-test: mutations through a proxy first, then the fault
+    /// plan through the same proxy passing everything.
+    pub selftest: bool,
 }
 
 /// How a run ended, most important first.
@@ -178,6 +181,26 @@ impl OracleMeta {
     }
 }
 
+/// What the self-test found.
+#[derive(Debug, Clone, Serialize)]
+pub struct SelftestOutcome {
+    pub caught: Vec<crate::selftest::Caught>,
+    /// Findings outside the known deviations and the keys phase 1 damaged.
+    pub unexpected: Vec<Finding>,
+}
+
+impl SelftestOutcome {
+    pub fn passed(&self) -> bool {
+        self.unexpected.is_empty() && self.caught.iter().all(|c| c.caught)
+    }
+}
+
+/// How a run ended.
+struct Ended {
+    verdict: RunVerdict,
+    selftest: Option<SelftestOutcome>,
+}
+
 /// Boots the cluster, runs the workload (and faults) and judges the run.
 pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
     let seed = cfg.boot.seed;
@@ -208,11 +231,80 @@ pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Erro
             }
         }
     }
-    let verdict = result?;
-    println!("verdict: {}", verdict.headline());
+    let outcome = result?;
+    let code = match &outcome.selftest {
+        Some(st) => {
+            print_selftest(st);
+            if st.passed() {
+                println!("selftest: PASS (every injected bug caught and named; no other finding)");
+                exit::PASS
+            } else {
+                println!("selftest: FAIL");
+                exit::FINDINGS
+            }
+        }
+        None => {
+            println!("verdict: {}", outcome.verdict.headline());
+            outcome.verdict.exit_code()
+        }
+    };
     println!("run directory: {}", cluster.run_dir().display());
     println!("reproduce: {}", cfg.reproduce);
-    Ok(verdict.exit_code())
+    Ok(code)
+}
+
+fn print_selftest(st: &SelftestOutcome) {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec![
+        "injected",
+        "expected",
+        "caught",
+        "detection",
+        "attempts",
+        "also named",
+        "key",
+    ]);
+    for c in &st.caught {
+        table.add_row(vec![
+            c.mutation.as_str().to_string(),
+            c.expected.as_str().to_string(),
+            if c.caught {
+                "yes".into()
+            } else {
+                format!("NO: {}", c.detail)
+            },
+            c.detection_ms.map_or("-".into(), |ms| format!("{ms} ms")),
+            c.attempts.to_string(),
+            c.named
+                .iter()
+                .filter(|n| **n != c.expected)
+                .map(|n| n.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
+            c.key.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{table}");
+    let times: Vec<u64> = st.caught.iter().filter_map(|c| c.detection_ms).collect();
+    if let (Some(p50), Some(p99)) = (
+        crate::selftest::percentile(&times, 50.0),
+        crate::selftest::percentile(&times, 99.0),
+    ) {
+        println!(
+            "detection latency: p50 {p50} ms, p99 {p99} ms over {} injections",
+            times.len()
+        );
+    }
+    if st.unexpected.is_empty() {
+        println!("clean phase: no finding outside the known deviations and the damaged keys");
+    } else {
+        println!(
+            "clean phase: {} unexpected findings, first: {}",
+            st.unexpected.len(),
+            online::summary(&st.unexpected[0])
+        );
+    }
 }
 
 /// The binary `update` faults move to, installed if the profile names a
@@ -243,7 +335,7 @@ async fn drive(
     cfg: &RunConfig,
     cluster: &mut Cluster,
     interrupts: &mut Interrupts,
-) -> Result<RunVerdict, Error> {
+) -> Result<Ended, Error> {
     let seed = cfg.boot.seed;
     let wl = cfg.profile.workload.clone();
     let run_dir = cluster.run_dir().to_path_buf();
@@ -324,9 +416,19 @@ async fn drive(
         })?;
     }
     let timeouts = Workload::s3_timeouts(&wl);
-    let clients = cluster
-        .s3
-        .endpoints
+    let selftest = match cfg.selftest {
+        true => Some(
+            crate::selftest::Selftest::start(&cluster.s3.endpoints, &cluster.s3.bucket)
+                .await
+                .map_err(|e| Error::Workload(format!("cannot start the selftest proxy: {e}")))?,
+        ),
+        false => None,
+    };
+    let workload_endpoints = match &selftest {
+        Some(st) => st.endpoints(),
+        None => cluster.s3.endpoints.clone(),
+    };
+    let clients = workload_endpoints
         .iter()
         .map(|ep| cluster.s3.client(ep, timeouts))
         .collect();
@@ -385,17 +487,45 @@ async fn drive(
     let mut finished_early = None;
     let mut ended_by = "the duration ended";
     let mut interrupted = false;
+    // The self-test's phase 1 runs before any fault; the faults wait.
+    let (phase2_tx, mut phase2_rx) = tokio::sync::watch::channel(selftest.is_none());
+    let mut caught = None;
     let faults_result = {
         let endpoint_workload = workload.clone();
-        let faults = injector.run(cluster, plan, fault_stop_rx, |old, new| {
-            tracing::info!(old, new, "workload endpoint moved");
-            endpoint_workload.replace_endpoint(old, s3.client(new, timeouts));
-        });
+        let selftest = selftest.as_ref();
+        let faults = async {
+            let _ = phase2_rx.wait_for(|started| *started).await;
+            injector
+                .run(cluster, plan, fault_stop_rx, |old, new| {
+                    tracing::info!(old, new, "workload endpoint moved");
+                    match selftest {
+                        Some(st) => st.retarget(old, new),
+                        None => endpoint_workload.replace_endpoint(old, s3.client(new, timeouts)),
+                    }
+                })
+                .await
+        };
         tokio::pin!(faults);
+        let mutations = async {
+            match selftest {
+                Some(st) => Some(st.inject_all(&status).await),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(mutations);
         let mut faults_done = (cfg.faults == FaultMode::Off).then_some(Ok(()));
         loop {
             tokio::select! {
                 _ = &mut deadline => break,
+                r = &mut mutations, if caught.is_none() => {
+                    caught = r;
+                    eprintln!("faultline: selftest phase 2: the fault plan, the proxy passing everything through");
+                    let _ = phase2_tx.send(true);
+                    if cfg.faults == FaultMode::Off {
+                        ended_by = "the selftest is through";
+                        break;
+                    }
+                }
                 r = &mut faults, if faults_done.is_none() => {
                     let failed = r.is_err();
                     faults_done = Some(r);
@@ -565,7 +695,39 @@ async fn drive(
         print_coverage(&v.coverage);
     }
     workload_result?;
-    Ok(run_verdict)
+    let selftest = selftest.map(|st| {
+        let damaged = st.damaged();
+        let unexpected = verdict
+            .as_ref()
+            .map(|v| {
+                v.findings
+                    .iter()
+                    .filter(|f| known_deviation(&oracle_meta.tolerate, f).is_none())
+                    .filter(|f| f.key.as_ref().is_none_or(|k| !damaged.contains(k)))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        // A phase 1 that never got through counts every mutation missed.
+        let caught = caught.unwrap_or_else(|| {
+            crate::selftest::proxy::Mutation::ALL
+                .iter()
+                .map(|m| crate::selftest::Caught::missed(*m, "phase 1 did not finish"))
+                .collect()
+        });
+        SelftestOutcome { caught, unexpected }
+    });
+    if let Some(st) = &selftest {
+        crate::ledger::set_meta(
+            &ledger_path,
+            "selftest",
+            &serde_json::to_string(st).expect("a selftest outcome serialises"),
+        )?;
+    }
+    Ok(Ended {
+        verdict: run_verdict,
+        selftest,
+    })
 }
 
 /// One phrase on the faults for the progress line.

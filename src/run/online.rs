@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crate::cluster::profile::{Tolerance, known_deviation};
 use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, Tap, Tapped};
@@ -17,6 +18,8 @@ use crate::oracle::{Class, Finding, Oracle, RunInfo, Verdict};
 
 /// Operations queued for the checker before the ledger writer waits.
 const TAP_QUEUE_MAX: usize = 16_384;
+/// Recent findings kept for watchers (the self-test); the ledger has all.
+const RECENT_MAX: usize = 10_000;
 
 /// What the run's driver and progress view can see of the online check.
 #[derive(Default)]
@@ -30,6 +33,9 @@ pub struct Status {
     waiting: AtomicU64,
     /// The first finding, for the progress view and the stop message.
     first: Mutex<Option<String>>,
+    /// Recent findings, known deviations included, with when they came
+    /// out, numbered from 0.
+    recent: Mutex<(u64, std::collections::VecDeque<(Instant, Finding)>)>,
     /// Set when the checker stopped early (a panic): the verdict is unknown.
     lost: AtomicBool,
     notify: tokio::sync::Notify,
@@ -71,6 +77,18 @@ impl Status {
             .collect()
     }
 
+    /// Findings numbered `from` on (known deviations included), with the
+    /// instant each came out, and the number to ask from next time.
+    pub fn findings_since(&self, from: u64) -> (Vec<(Instant, Finding)>, u64) {
+        let Ok(recent) = self.recent.lock() else {
+            return (Vec::new(), from);
+        };
+        let (next, log) = &*recent;
+        let first = next - log.len() as u64;
+        let skip = from.saturating_sub(first) as usize;
+        (log.iter().skip(skip).cloned().collect(), *next)
+    }
+
     /// Resolves once there is at least one finding.
     pub async fn violated(&self) {
         loop {
@@ -83,6 +101,13 @@ impl Status {
     }
 
     fn record(&self, f: &Finding, known: bool) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.0 += 1;
+            recent.1.push_back((Instant::now(), f.clone()));
+            if recent.1.len() > RECENT_MAX {
+                recent.1.pop_front();
+            }
+        }
         if known {
             self.known.fetch_add(1, Ordering::Relaxed);
             return;

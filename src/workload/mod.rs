@@ -63,6 +63,11 @@ pub struct WorkloadConfig {
     pub connect_timeout_ms: u64,
     pub first_byte_timeout_ms: u64,
     pub total_timeout_ms: u64,
+    /// Bytes written per second at most, over all workers (0: no limit).
+    /// A store frees what overwrites and deletes leave behind only after a
+    /// while (Garage: 10 minutes), so this, not the live-bytes cap, bounds
+    /// the disk a long run needs: about replicas x rate x that delay.
+    pub write_bytes_per_s_max: u64,
 }
 
 impl Default for WorkloadConfig {
@@ -81,6 +86,7 @@ impl Default for WorkloadConfig {
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 5_000,
             total_timeout_ms: 30_000,
+            write_bytes_per_s_max: 4 << 20,
         }
     }
 }
@@ -159,7 +165,48 @@ pub struct Workload {
     endpoints: usize,
     ledger: Ledger,
     clock: Instant,
+    budget: ByteBudget,
     pub stats: Arc<Stats>,
+}
+
+/// A token bucket of bytes to write, shared by every worker. A write takes
+/// its size at once and may leave the bucket in debt; the next writer
+/// waits until the debt is paid back at the configured rate.
+struct ByteBudget {
+    rate: f64,
+    state: tokio::sync::Mutex<(Instant, f64)>,
+}
+
+impl ByteBudget {
+    fn new(bytes_per_s: u64) -> ByteBudget {
+        ByteBudget {
+            rate: bytes_per_s as f64,
+            state: tokio::sync::Mutex::new((Instant::now(), bytes_per_s as f64)),
+        }
+    }
+
+    /// Waits until `bytes` may be written. The wait is bounded by the
+    /// largest object over the rate (a few seconds).
+    async fn take(&self, bytes: u64) {
+        if self.rate <= 0.0 {
+            return;
+        }
+        loop {
+            let wait = {
+                let mut s = self.state.lock().await;
+                let now = Instant::now();
+                // At most one second's worth saved up.
+                s.1 = (s.1 + now.duration_since(s.0).as_secs_f64() * self.rate).min(self.rate);
+                s.0 = now;
+                if s.1 >= 0.0 {
+                    s.1 -= bytes as f64;
+                    return;
+                }
+                Duration::from_secs_f64(-s.1 / self.rate)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
 }
 
 /// Who issues an operation: a worker, in its own sequence or reading back
@@ -247,6 +294,7 @@ impl Workload {
         ledger: Ledger,
         clock: Instant,
     ) -> Arc<Workload> {
+        let budget = cfg.write_bytes_per_s_max;
         Arc::new(Workload {
             cfg,
             seed,
@@ -255,6 +303,7 @@ impl Workload {
             clients: std::sync::RwLock::new(clients.into_iter().map(Arc::new).collect()),
             ledger,
             clock,
+            budget: ByteBudget::new(budget),
             stats: Arc::new(Stats::default()),
         })
     }
@@ -556,6 +605,7 @@ impl Workload {
         } else {
             OpKind::Put
         };
+        self.budget.take(size).await;
         let body = Body::new(self.seed, &ks.name, generation, size);
         let sha = body.sha256();
         let x = if kind == OpKind::Multipart {

@@ -214,17 +214,20 @@ impl Planner {
 }
 
 /// Object sizes: empty, tiny, small, around the multipart part size (the
-/// boundaries are where off-by-ones live), and multi-MiB.
+/// boundaries are where off-by-ones live), and multi-MiB. Large objects are
+/// few (6 %): they carry most of the bytes, and a store keeps what they
+/// leave behind for a while (Garage: 10 minutes), so they decide the disk
+/// a run needs.
 fn draw_size(rng: &mut ChaCha8Rng, part: u64) -> u64 {
     let class = rng.random_range(0..100u32);
     let a = rng.random_range(0..=u64::MAX / 2);
     match class {
         0..5 => 0,
-        5..45 => 1 + a % 1024,
-        45..80 => 1024 + a % (64 * 1024),
-        80..88 => 64 * 1024 + a % (960 * 1024),
+        5..48 => 1 + a % 1024,
+        48..84 => 1024 + a % (64 * 1024),
+        84..94 => 64 * 1024 + a % (960 * 1024),
         // part - 1, part, part + 1: single PUT below, one part, two parts.
-        88..94 => part - 1 + a % 3,
+        94..97 => part - 1 + a % 3,
         _ => part + a % (2 * part),
     }
 }
