@@ -39,6 +39,14 @@ pub enum Command {
     Selftest(SelftestArgs),
     /// Re-check a run's ledger against the oracle's contract; exit 1 on findings.
     Verify(VerifyArgs),
+    /// Render a run's report.md, report.html and junit.xml again from its ledger.
+    Report(RunArg),
+    /// Run SQL against a run's ledger (read-only), or a preset query.
+    Query(QueryArgs),
+    /// A key's timeline: its operations, the faults around them, its findings.
+    Explain(ExplainArgs),
+    /// List past runs with their verdicts.
+    Runs(RunsArgs),
     /// Install the binary a profile needs into the cache, without booting.
     Install(InstallArgs),
     /// Measure the runner's own parts (see BENCHMARKS.md).
@@ -60,6 +68,58 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 1)]
         seed: u64,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArg {
+    /// A run directory.
+    pub run: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Preset {
+    /// Every finding, failing ones first.
+    Findings,
+    /// Every fault window with its recovery time.
+    Faults,
+    /// Latency percentiles per operation kind.
+    Latency,
+    /// Operations and successes during each fault window.
+    Availability,
+}
+
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// A run directory (or its ledger.sqlite).
+    pub run: PathBuf,
+    /// The SQL to run (the schema is in README.md).
+    #[arg(required_unless_present = "preset", conflicts_with = "preset")]
+    pub sql: Option<String>,
+    /// A ready-made query instead of SQL.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Print JSON (an array of objects).
+    #[arg(long, conflicts_with = "csv")]
+    pub json: bool,
+    /// Print CSV.
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ExplainArgs {
+    /// A run directory (or its ledger.sqlite).
+    pub run: PathBuf,
+    /// The key, e.g. faultline/<run>/w003/k00012.
+    #[arg(long)]
+    pub key: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    /// Where run directories are.
+    #[arg(long, default_value = "runs")]
+    pub runs_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -111,6 +171,39 @@ pub struct GateArgs {
     /// Keep going after the first violation (the gate stops at it by default).
     #[arg(long)]
     pub keep_going: bool,
+    /// Fail (exit 3) if any fault takes longer than this to recover, e.g. 60s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub max_recovery: Option<Duration>,
+    /// Fail (exit 3) if less than this fraction of operations succeeds
+    /// during any fault window, e.g. 0.5.
+    #[arg(long, value_parser = fraction)]
+    pub min_availability: Option<f64>,
+    /// Write the JUnit XML here too (it is always in the run directory).
+    #[arg(long)]
+    pub junit: Option<PathBuf>,
+    /// Send the workload through the self-test's mutating proxy and inject
+    /// this bug once, to see the gate fail: unstored-put, unapplied-delete,
+    /// older-generation, flipped-byte, other-keys-body, shifted-range,
+    /// list-entry-dropped, list-entry-added, wrong-head-length.
+    #[arg(long, value_parser = mutation)]
+    pub inject: Option<crate::selftest::proxy::Mutation>,
+}
+
+fn mutation(s: &str) -> Result<crate::selftest::proxy::Mutation, String> {
+    use crate::selftest::proxy::Mutation;
+    Mutation::parse(s).ok_or_else(|| {
+        let known: Vec<&str> = Mutation::ALL.iter().map(|m| m.as_str()).collect();
+        format!("unknown bug {s:?}; expected one of {}", known.join(", "))
+    })
+}
+
+fn fraction(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|_| format!("{s:?} is not a number"))?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a fraction from 0 to 1"))
+    }
 }
 
 #[derive(Debug, Args)]
@@ -322,7 +415,7 @@ impl ClusterArgs {
 
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
-    init_tracing();
+    crate::console::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -339,6 +432,13 @@ pub fn run(cli: Cli) -> u8 {
             Command::Soak(args) => soak(args).await,
             Command::Gate(args) => gate(args).await,
             Command::Selftest(args) => selftest(args).await,
+            Command::Report(args) => report(args),
+            Command::Query(args) => query(args),
+            Command::Explain(args) => explain(args),
+            Command::Runs(args) => {
+                print!("{}", crate::report::postmortem::runs(&args.runs_dir)?);
+                Ok(exit::PASS)
+            }
             Command::Verify(args) => verify(args),
             Command::Bench(BenchCommand::Oracle { ops, keys, seed }) => {
                 bench_oracle(ops, keys, seed)
@@ -353,20 +453,6 @@ pub fn run(cli: Cli) -> u8 {
             exit::for_error(&e)
         }
     }
-}
-
-fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("FAULTLINE_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("faultline=info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(
-            std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
-        .try_init();
 }
 
 async fn install(args: InstallArgs) -> Result<u8, Error> {
@@ -532,6 +618,9 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
         selftest: false,
+        thresholds: run::Thresholds::default(),
+        junit: None,
+        inject: None,
     };
     run::run(cfg, &mut interrupts).await
 }
@@ -547,13 +636,23 @@ async fn gate(args: GateArgs) -> Result<u8, Error> {
         ));
     }
     let reproduce = format!(
-        "faultline gate --profile {} --seed {}{}{}{}",
+        "faultline gate --profile {} --seed {}{}{}{}{}{}",
         boot.profile.display(),
         boot.seed,
         args.workload.flags(),
         args.faults.flags(),
         if args.keep_going { " --keep-going" } else { "" },
-    );
+        args.max_recovery
+            .map(|d| format!(" --max-recovery {}", humantime::format_duration(d)))
+            .unwrap_or_default(),
+        args.min_availability
+            .map(|a| format!(" --min-availability {a}"))
+            .unwrap_or_default(),
+    ) + &args
+        .inject
+        .map(|m| format!(" --inject {}", m.as_str()))
+        .unwrap_or_default();
+    let run_dir_link = args.junit.clone();
     let cfg = RunConfig {
         boot,
         profile,
@@ -564,6 +663,12 @@ async fn gate(args: GateArgs) -> Result<u8, Error> {
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
         selftest: false,
+        thresholds: run::Thresholds {
+            max_recovery_ms: args.max_recovery.map(|d| d.as_millis() as u64),
+            min_availability: args.min_availability,
+        },
+        junit: run_dir_link,
+        inject: args.inject,
     };
     run::run(cfg, &mut interrupts).await
 }
@@ -598,8 +703,54 @@ async fn selftest(mut args: SelftestArgs) -> Result<u8, Error> {
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
         selftest: true,
+        thresholds: run::Thresholds::default(),
+        junit: None,
+        inject: None,
     };
     run::run(cfg, &mut interrupts).await
+}
+
+fn report(args: RunArg) -> Result<u8, Error> {
+    run::ledger_path(&args.run)?;
+    let r = crate::report::write_all(&args.run)?;
+    println!("verdict: {}", r.headline());
+    for name in ["report.md", "report.html", "junit.xml"] {
+        println!("{}", args.run.join(name).display());
+    }
+    Ok(exit::PASS)
+}
+
+fn query(args: QueryArgs) -> Result<u8, Error> {
+    use crate::report::postmortem::{Format, PRESETS, query};
+    let ledger = crate::ledger::LedgerReader::open(&run::ledger_path(&args.run)?)?;
+    let sql = match (&args.sql, args.preset) {
+        (Some(sql), _) => sql.clone(),
+        (None, Some(p)) => {
+            let name = format!("{p:?}").to_lowercase();
+            PRESETS
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, sql)| sql.to_string())
+                .expect("every preset has its query")
+        }
+        (None, None) => unreachable!("clap requires SQL or a preset"),
+    };
+    let format = match (args.json, args.csv) {
+        (true, _) => Format::Json,
+        (_, true) => Format::Csv,
+        _ => Format::Table,
+    };
+    print!("{}", query(&ledger, &sql)?.render(format));
+    Ok(exit::PASS)
+}
+
+fn explain(args: ExplainArgs) -> Result<u8, Error> {
+    let ledger = crate::ledger::LedgerReader::open(&run::ledger_path(&args.run)?)?;
+    print!(
+        "{}",
+        crate::report::postmortem::explain(&ledger, &args.key)?
+    );
+    Ok(exit::PASS)
 }
 
 fn verify(args: VerifyArgs) -> Result<u8, Error> {

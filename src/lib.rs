@@ -5,11 +5,13 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod console;
 pub mod exit;
 pub mod faults;
 pub mod history;
 pub mod ledger;
 pub mod oracle;
+pub mod report;
 pub mod run;
 pub mod s3;
 pub mod selftest;

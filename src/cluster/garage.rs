@@ -280,6 +280,18 @@ impl Garage {
         Ok(())
     }
 
+    /// Where each node's `/metrics` answers, and with which token.
+    pub fn metrics_targets(&self, nodes: &[&Node]) -> Vec<super::MetricsTarget> {
+        nodes
+            .iter()
+            .map(|n| super::MetricsTarget {
+                node: n.name.clone(),
+                url: format!("http://127.0.0.1:{}/metrics", n.ports["admin"]),
+                token: self.secrets.metrics_token.clone(),
+            })
+            .collect()
+    }
+
     /// Garage's gate conditions for the nodes whose process runs.
     pub async fn gate(&self, ctx: &Ctx, up: &[&Node]) -> Vec<Unmet> {
         let checks = up.iter().map(|node| self.gate_node(ctx, node));

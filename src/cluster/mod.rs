@@ -394,6 +394,31 @@ impl Cluster {
         roles
     }
 
+    /// Where the metrics of the nodes in service can be read (Garage; a
+    /// generic profile names none).
+    pub fn metrics_targets(&self) -> Vec<MetricsTarget> {
+        match &self.flavor {
+            Flavor::Garage(g) => g.metrics_targets(&self.active_nodes(None)),
+            Flavor::Generic(_) => Vec::new(),
+        }
+    }
+
+    /// Snapshots every node's metrics now, under `label`.
+    pub async fn snapshot_metrics(&self, label: &str) {
+        snapshot_metrics(
+            &self.ctx.http,
+            &self.metrics_targets(),
+            &self.ctx.run_dir,
+            label,
+        )
+        .await
+    }
+
+    /// The HTTP client for admin requests (metrics snapshots).
+    pub fn http(&self) -> reqwest::Client {
+        self.ctx.http.clone()
+    }
+
     /// Whether a dead node can be replaced at all (generic profiles need
     /// a `replace` hook).
     pub fn can_replace(&self) -> bool {
@@ -835,6 +860,43 @@ impl Cluster {
     }
 }
 
+/// Where one node's Prometheus metrics can be read.
+#[derive(Debug, Clone)]
+pub struct MetricsTarget {
+    pub node: String,
+    pub url: String,
+    pub token: String,
+}
+
+/// Saves every target's metrics under `<run>/metrics/<label>/<node>.prom`
+/// (best effort: a node that does not answer gets a file saying why).
+pub async fn snapshot_metrics(
+    http: &reqwest::Client,
+    targets: &[MetricsTarget],
+    run_dir: &Path,
+    label: &str,
+) {
+    if targets.is_empty() {
+        return;
+    }
+    let dir = run_dir.join("metrics").join(label);
+    if std::fs::create_dir_all(&dir).is_err() {
+        return;
+    }
+    let dir = &dir;
+    let fetches = targets.iter().map(|t| async move {
+        let text = match http.get(&t.url).bearer_auth(&t.token).send().await {
+            Ok(resp) => resp
+                .text()
+                .await
+                .unwrap_or_else(|e| format!("# faultline: reading {}: {e}\n", t.url)),
+            Err(e) => format!("# faultline: {}: {e}\n", t.url),
+        };
+        let _ = std::fs::write(dir.join(format!("{}.prom", t.node)), text);
+    });
+    futures::future::join_all(fetches).await;
+}
+
 /// A recovery gate that passed.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Recovery {
@@ -1261,23 +1323,26 @@ mod tests {
 
     #[test]
     fn fixed_ports_follow_the_base_and_report_a_taken_one() {
-        let holder = TcpListener::bind("127.0.0.1:0").unwrap();
-        let taken = holder.local_addr().unwrap().port();
         let wanted = vec![("n1".to_string(), vec!["s3".to_string(), "rpc".to_string()])];
-        let err = allocate_ports(PortBase::Fixed(taken - 1), &wanted).unwrap_err();
-        match err {
-            ClusterError::PortInUse {
-                port,
-                node,
-                purpose,
-            } => {
-                assert_eq!(
-                    (port, node.as_str(), purpose.as_str()),
-                    (taken, "n1", "rpc")
-                );
+        // The port below the held one is the s3 port; another process (a
+        // test running beside this one) may hold it too, so try a few.
+        for _ in 0..20 {
+            let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+            let taken = holder.local_addr().unwrap().port();
+            match allocate_ports(PortBase::Fixed(taken - 1), &wanted).unwrap_err() {
+                ClusterError::PortInUse {
+                    port,
+                    node,
+                    purpose,
+                } if port == taken => {
+                    assert_eq!((node.as_str(), purpose.as_str()), ("n1", "rpc"));
+                    return;
+                }
+                ClusterError::PortInUse { .. } => continue,
+                other => panic!("{other}"),
             }
-            other => panic!("{other}"),
         }
+        panic!("the port below every held one was taken as well");
     }
 
     #[test]

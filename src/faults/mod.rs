@@ -425,6 +425,9 @@ impl Injector {
         self.next_id += 1;
         // Journaled before it is applied, so a fault is never unrecorded.
         self.send(&record);
+        cluster
+            .snapshot_metrics(&format!("fault-{:03}-before", record.id))
+            .await;
         tracing::info!(fault = %label, "injecting");
         self.set_phase(kind, &target, Phase::Injecting);
         let cluster_err = |source: ClusterError| FaultError::Cluster {
@@ -515,6 +518,9 @@ impl Injector {
         match gate {
             Ok(r) => {
                 record.t_recovered_ns = Some(self.ns());
+                cluster
+                    .snapshot_metrics(&format!("fault-{:03}-recovered", record.id))
+                    .await;
                 record.recovery_ms = Some(r.took.as_millis() as u64);
                 record.gate = Some(
                     serde_json::json!({

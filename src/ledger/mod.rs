@@ -650,6 +650,10 @@ impl LedgerReader {
         &self.conn
     }
 
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     pub fn meta(&self, key: &str) -> Result<Option<String>, LedgerError> {
         let mut stmt = self
             .conn

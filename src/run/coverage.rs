@@ -31,6 +31,17 @@ impl FaultCoverage {
         (self.ops_in_window > 0).then(|| self.ok_in_window as f64 / self.ops_in_window as f64)
     }
 
+    /// "ok/attempted (percent)", as the summaries show it.
+    pub fn availability_text(&self) -> String {
+        format!(
+            "{}/{} ({})",
+            self.ok_in_window,
+            self.ops_in_window,
+            self.availability()
+                .map_or("-".into(), |a| format!("{:.0} %", a * 100.0))
+        )
+    }
+
     /// What this window failed to exercise, if anything.
     pub fn gaps(&self) -> Vec<String> {
         let name = format!("fault #{} ({} on {})", self.id, self.kind, self.target);

@@ -70,7 +70,7 @@ pub async fn boot_unless_interrupted(
         _ = interrupts.next() => {
             // Dropping the boot future drops its supervisor, which kills
             // every node started so far.
-            eprintln!("faultline: interrupted during boot; nothing is left running");
+            crate::console::say("faultline: interrupted during boot; nothing is left running");
             Ok(None)
         }
     }
@@ -107,6 +107,53 @@ pub struct RunConfig {
     /// Run the self-test: mutations through a proxy first, then the fault
     /// plan through the same proxy passing everything.
     pub selftest: bool,
+    /// Operational limits, reported apart from correctness.
+    pub thresholds: Thresholds,
+    /// A copy of junit.xml goes here too.
+    pub junit: Option<PathBuf>,
+    /// Send the workload through the self-test's proxy and inject this bug
+    /// once, after a warm-up, to see a run fail.
+    pub inject: Option<crate::selftest::proxy::Mutation>,
+}
+
+/// How long a run warms up before `inject` arms its bug.
+const INJECT_AFTER: Duration = Duration::from_secs(5);
+
+/// Limits on how the cluster rides out faults. A breach fails the run as
+/// an infrastructure failure (exit 3); findings still come first.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct Thresholds {
+    /// Every fault must be recovered within this.
+    pub max_recovery_ms: Option<u64>,
+    /// At least this fraction of operations must succeed in every fault window.
+    pub min_availability: Option<f64>,
+}
+
+impl Thresholds {
+    /// What the faults breached.
+    pub fn breaches(&self, faults: &[coverage::FaultCoverage]) -> Vec<String> {
+        let mut out = Vec::new();
+        for f in faults {
+            let name = format!("fault #{} ({} on {})", f.id, f.kind, f.target);
+            if let (Some(max), Some(ms)) = (self.max_recovery_ms, f.recovery_ms)
+                && ms > max
+            {
+                out.push(format!(
+                    "{name} recovered in {ms} ms, over the {max} ms allowed"
+                ));
+            }
+            if let (Some(min), Some(a)) = (self.min_availability, f.availability())
+                && a < min
+            {
+                out.push(format!(
+                    "{name}: {:.1} % of operations succeeded during it, under the {:.1} % required",
+                    a * 100.0,
+                    min * 100.0
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// How a run ended, most important first.
@@ -204,34 +251,48 @@ struct Ended {
 /// Boots the cluster, runs the workload (and faults) and judges the run.
 pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
     let seed = cfg.boot.seed;
-    eprintln!("faultline: seed {seed}");
+    crate::console::say(&format!("faultline: seed {seed}"));
     let Some(mut cluster) = boot_unless_interrupted(&cfg.boot, interrupts).await? else {
         return Ok(exit::INFRA);
     };
-    eprintln!(
+    crate::console::say(&format!(
         "faultline: {} ready in {:.1} s; run directory {}",
         cluster.profile.name,
         cluster.booted_in().as_secs_f64(),
         cluster.run_dir().display()
-    );
+    ));
     let result = drive(&cfg, &mut cluster, interrupts).await;
     match &result {
         Err(Error::Interrupted) => {
-            eprintln!("faultline: killing every node now");
+            crate::console::say("faultline: killing every node now");
             cluster.kill_all().await?;
         }
         _ => {
-            eprintln!("faultline: stopping the cluster");
+            crate::console::say("faultline: stopping the cluster");
             tokio::select! {
                 r = cluster.shutdown() => r?,
                 _ = interrupts.next() => {
-                    eprintln!("faultline: killing every node now");
+                    crate::console::say("faultline: killing every node now");
                     cluster.kill_all().await?;
                 }
             }
         }
     }
     let outcome = result?;
+    match crate::report::write_all(cluster.run_dir()) {
+        Ok(report) => {
+            println!(
+                "report: {} (also report.html, junit.xml)",
+                cluster.run_dir().join("report.md").display()
+            );
+            if let Some(path) = &cfg.junit
+                && let Err(e) = std::fs::write(path, report.junit())
+            {
+                crate::console::say(&format!("faultline: cannot write {}: {e}", path.display()));
+            }
+        }
+        Err(e) => crate::console::say(&format!("faultline: the report could not be written: {e}")),
+    }
     let code = match &outcome.selftest {
         Some(st) => {
             print_selftest(st);
@@ -340,17 +401,25 @@ async fn drive(
     let wl = cfg.profile.workload.clone();
     let run_dir = cluster.run_dir().to_path_buf();
     let ledger_path = run_dir.join("ledger.sqlite");
+    if let Err(e) = crate::console::attach_run_log(&run_dir.join("runner.log.jsonl")) {
+        crate::console::say(&format!(
+            "faultline: no runner log in the run directory: {e}"
+        ));
+    }
+    let metrics_targets = cluster.metrics_targets();
+    let http = cluster.http();
+    cluster.snapshot_metrics("start").await;
     let update_bin = match cfg.faults {
         FaultMode::Off => None,
         _ => update_binary(cfg).await?,
     };
-    eprintln!(
+    crate::console::say(&format!(
         "faultline: ledger retention {}",
         cfg.retention.map_or_else(
             || "off: full history".to_string(),
             |r| format!("on: {}", r.describe())
         )
-    );
+    ));
     let run_name = run_dir
         .file_name()
         .unwrap_or_default()
@@ -416,7 +485,7 @@ async fn drive(
         })?;
     }
     let timeouts = Workload::s3_timeouts(&wl);
-    let selftest = match cfg.selftest {
+    let selftest = match cfg.selftest || cfg.inject.is_some() {
         true => Some(
             crate::selftest::Selftest::start(&cluster.s3.endpoints, &cluster.s3.bucket)
                 .await
@@ -460,7 +529,7 @@ async fn drive(
     };
     let planned = plan.len();
     if planned > 0 {
-        eprintln!(
+        crate::console::say(&format!(
             "faultline: {} fault plan: {}",
             if cfg.faults == FaultMode::Gate {
                 "gate"
@@ -473,22 +542,32 @@ async fn drive(
                 .collect::<Vec<_>>()
                 .join(", ")
                 + if planned > 12 { ", ..." } else { "" }
-        );
+        ));
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (fault_stop_tx, fault_stop_rx) = tokio::sync::watch::channel(false);
     let mut running = tokio::spawn(workload.clone().run(stop_rx));
     let deadline = tokio::time::sleep(cfg.duration);
     tokio::pin!(deadline);
-    let mut progress = tokio::time::interval(cfg.progress_every.max(Duration::from_secs(1)));
+    let live = crate::console::Live::start();
+    // A terminal's live line changes every second; plain lines come at
+    // the progress interval.
+    let mut progress = tokio::time::interval(if live.is_live() {
+        Duration::from_secs(1)
+    } else {
+        cfg.progress_every.max(Duration::from_secs(1))
+    });
     progress.tick().await;
     let mut snapshot = tokio::time::interval(Duration::from_secs(5));
+    let mut node_metrics = tokio::time::interval(Duration::from_secs(60));
+    node_metrics.tick().await;
     let mut last_total = 0u64;
+    let mut last_tick = Instant::now();
     let mut finished_early = None;
     let mut ended_by = "the duration ended";
     let mut interrupted = false;
     // The self-test's phase 1 runs before any fault; the faults wait.
-    let (phase2_tx, mut phase2_rx) = tokio::sync::watch::channel(selftest.is_none());
+    let (phase2_tx, mut phase2_rx) = tokio::sync::watch::channel(!cfg.selftest);
     let mut caught = None;
     let faults_result = {
         let endpoint_workload = workload.clone();
@@ -507,9 +586,18 @@ async fn drive(
         };
         tokio::pin!(faults);
         let mutations = async {
-            match selftest {
-                Some(st) => Some(st.inject_all(&status).await),
-                None => std::future::pending().await,
+            match (selftest, cfg.inject) {
+                (Some(st), None) => Some(st.inject_all(&status).await),
+                (Some(st), Some(m)) => {
+                    tokio::time::sleep(INJECT_AFTER).await;
+                    crate::console::say(&format!(
+                        "faultline: injecting {} through the proxy, as asked",
+                        m.as_str()
+                    ));
+                    st.arm(m);
+                    std::future::pending().await
+                }
+                (None, _) => std::future::pending().await,
             }
         };
         tokio::pin!(mutations);
@@ -519,7 +607,7 @@ async fn drive(
                 _ = &mut deadline => break,
                 r = &mut mutations, if caught.is_none() => {
                     caught = r;
-                    eprintln!("faultline: selftest phase 2: the fault plan, the proxy passing everything through");
+                    crate::console::say("faultline: selftest phase 2: the fault plan, the proxy passing everything through");
                     let _ = phase2_tx.send(true);
                     if cfg.faults == FaultMode::Off {
                         ended_by = "the selftest is through";
@@ -539,35 +627,48 @@ async fn drive(
                     }
                 }
                 _ = interrupts.next() => {
-                    eprintln!("faultline: Ctrl-C: healing, stopping the workload, then verifying (Ctrl-C again kills the nodes at once)");
+                    crate::console::say("faultline: Ctrl-C: healing, stopping the workload, then verifying (Ctrl-C again kills the nodes at once)");
                     ended_by = "interrupted";
                     interrupted = true;
                     break;
                 }
                 _ = status.violated(), if cfg.stop_on_violation => {
-                    eprintln!("faultline: stopping at the first violation: {}", status.first().unwrap_or_default());
+                    crate::console::say(&format!("faultline: stopping at the first violation: {}", status.first().unwrap_or_default()));
                     ended_by = "stopped at the first violation";
                     break;
                 }
                 r = &mut running => { finished_early = Some(r); break; }
                 _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
+                _ = node_metrics.tick() => {
+                    let label = format!("at-{:05}s", clock.elapsed().as_secs());
+                    crate::cluster::snapshot_metrics(&http, &metrics_targets, &run_dir, &label).await;
+                }
                 _ = progress.tick() => {
                     let total = stats.total();
-                    eprintln!(
-                        "faultline: {:>6.0} s  {:>7} ops  {:>6.0} ops/s  {} not ok  {} checked  {} findings ({} known)  {}",
+                    let line = format!(
+                        "{:>6.0} s  {:>7} ops  {:>5.0} ops/s  {} not ok  {} checked  {} findings ({} known)  {}",
                         clock.elapsed().as_secs_f64(),
                         total,
-                        (total - last_total) as f64 / cfg.progress_every.as_secs_f64().max(1.0),
+                        (total - last_total) as f64 / last_tick.elapsed().as_secs_f64().max(0.001),
                         stats.errors(),
                         status.checked(),
                         status.findings(),
                         status.known(),
                         describe_faults(&fault_status, planned),
                     );
+                    if live.is_live() {
+                        live.set(&line);
+                    } else {
+                        crate::console::say(&format!("faultline: {line}"));
+                    }
                     last_total = total;
+                    last_tick = Instant::now();
                 }
             }
         }
+        drop(live);
+        // Faults held back for a phase 2 that never came see the stop at once.
+        let _ = phase2_tx.send(true);
         // Heal: the injector undoes the fault in progress and waits for
         // the gate, each step bounded; a second Ctrl-C gives up on it.
         let _ = fault_stop_tx.send(true);
@@ -601,13 +702,13 @@ async fn drive(
         Ok(r) => r.map_err(Error::from),
         Err(e) => Err(Error::Workload(format!("the workload panicked: {e}"))),
     };
-    eprintln!(
+    crate::console::say(&format!(
         "faultline: workload stopped ({ended_by}) after {:.0} s; waiting for the cluster to recover",
         clock.elapsed().as_secs_f64()
-    );
+    ));
     let mut infra = faults_result.as_ref().err().map(ToString::to_string);
     if let Some(why) = &infra {
-        eprintln!("faultline: {why}");
+        crate::console::say(&format!("faultline: {why}"));
     }
     if infra.is_none() {
         let gate = tokio::select! {
@@ -616,22 +717,25 @@ async fn drive(
         };
         match gate {
             Ok(r) => {
-                eprintln!(
+                crate::console::say(&format!(
                     "faultline: recovered in {:.1} s; final verification of every key",
                     r.took.as_secs_f64()
-                );
+                ));
                 tokio::select! {
                     r = workload.clone().verify_all() => r?,
                     _ = interrupts.next() => return Err(Error::Interrupted),
                 }
             }
             Err(failure) => {
-                eprintln!("faultline: {failure}; skipping final verification");
+                crate::console::say(&format!(
+                    "faultline: {failure}; skipping final verification"
+                ));
                 infra = Some(failure.to_string());
             }
         }
     }
     record_metrics(&ledger, &stats, clock);
+    cluster.snapshot_metrics("end").await;
     ledger.flush()?;
     let verdict = online.finish();
     ledger.send(Record::Meta {
@@ -664,6 +768,10 @@ async fn drive(
             faults.len() + plan_gaps.len()
         ));
     }
+    let breaches = cfg.thresholds.breaches(&faults);
+    if infra.is_none() && !breaches.is_empty() {
+        infra = Some(format!("thresholds: {}", breaches.join("; ")));
+    }
     let run_verdict = judge(
         verdict.as_ref(),
         &oracle_meta.tolerate,
@@ -695,7 +803,7 @@ async fn drive(
         print_coverage(&v.coverage);
     }
     workload_result?;
-    let selftest = selftest.map(|st| {
+    let selftest = selftest.filter(|_| cfg.selftest).map(|st| {
         let damaged = st.damaged();
         let unexpected = verdict
             .as_ref()
@@ -773,13 +881,7 @@ fn print_faults(faults: &[coverage::FaultCoverage]) {
             f.recovery_ms.map_or("not recovered".into(), |ms| {
                 format!("{:.1} s", ms as f64 / 1000.0)
             }),
-            format!(
-                "{}/{} ({})",
-                f.ok_in_window,
-                f.ops_in_window,
-                f.availability()
-                    .map_or("-".into(), |a| format!("{:.0} %", a * 100.0))
-            ),
+            f.availability_text(),
             f.reads_after.to_string(),
         ]);
     }

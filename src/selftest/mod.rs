@@ -84,6 +84,11 @@ impl Selftest {
         })
     }
 
+    /// Arms one bug by hand (`gate --inject`).
+    pub fn arm(&self, m: Mutation) {
+        self.mutator.arm(m);
+    }
+
     /// Where the workload sends its requests: the proxies.
     pub fn endpoints(&self) -> Vec<String> {
         self.proxies.iter().map(|p| p.url.clone()).collect()
@@ -110,7 +115,7 @@ impl Selftest {
                 result.attempts += 1;
                 self.attempt(m, status, &mut result).await;
             }
-            eprintln!(
+            crate::console::say(&format!(
                 "faultline: selftest {:<20} {}",
                 m.as_str(),
                 if result.caught {
@@ -123,7 +128,7 @@ impl Selftest {
                 } else {
                     format!("NOT CAUGHT: {}", result.detail)
                 }
-            );
+            ));
             results.push(result);
         }
         results

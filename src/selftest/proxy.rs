@@ -77,6 +77,10 @@ impl Mutation {
         Mutation::WrongHeadLength,
     ];
 
+    pub fn parse(s: &str) -> Option<Mutation> {
+        Mutation::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mutation::UnstoredPut => "unstored-put",

@@ -39,7 +39,9 @@ const KEEP_PREFIX_BYTES: usize = body::BLOCK_BYTES as usize;
 /// Read-backs one worker may have waiting before it stops to let them run.
 const READBACK_QUEUE_MAX: usize = 256;
 /// Read-backs of one worker running at once.
-const READBACKS_IN_FLIGHT_MAX: usize = 4;
+const READBACKS_IN_FLIGHT_MAX: usize = 8;
+/// Writes of at least this many bytes give way to the byte budget.
+const BUDGET_LARGE_BYTES: u64 = 1 << 20;
 /// Reads the final verification has in flight at once.
 const FINAL_READS_IN_FLIGHT: usize = 8;
 
@@ -86,7 +88,7 @@ impl Default for WorkloadConfig {
             connect_timeout_ms: 2_000,
             first_byte_timeout_ms: 5_000,
             total_timeout_ms: 30_000,
-            write_bytes_per_s_max: 4 << 20,
+            write_bytes_per_s_max: 8 << 20,
         }
     }
 }
@@ -169,43 +171,40 @@ pub struct Workload {
     pub stats: Arc<Stats>,
 }
 
-/// A token bucket of bytes to write, shared by every worker. A write takes
-/// its size at once and may leave the bucket in debt; the next writer
-/// waits until the debt is paid back at the configured rate.
+/// A token bucket of bytes to write, shared by every worker. Every write
+/// takes its size and may leave the bucket in debt; while it is in debt, a
+/// planned large write turns into a DELETE of its key (like writes above
+/// the live-data cap), so nothing waits and reads keep their pace.
 struct ByteBudget {
     rate: f64,
-    state: tokio::sync::Mutex<(Instant, f64)>,
+    state: std::sync::Mutex<(Instant, f64)>,
 }
 
 impl ByteBudget {
     fn new(bytes_per_s: u64) -> ByteBudget {
         ByteBudget {
             rate: bytes_per_s as f64,
-            state: tokio::sync::Mutex::new((Instant::now(), bytes_per_s as f64)),
+            state: std::sync::Mutex::new((Instant::now(), bytes_per_s as f64)),
         }
     }
 
-    /// Waits until `bytes` may be written. The wait is bounded by the
-    /// largest object over the rate (a few seconds).
-    async fn take(&self, bytes: u64) {
+    /// Takes `bytes` from the budget; false (taking nothing) for a large
+    /// write while the budget is in debt.
+    fn take(&self, bytes: u64) -> bool {
         if self.rate <= 0.0 {
-            return;
+            return true;
         }
-        loop {
-            let wait = {
-                let mut s = self.state.lock().await;
-                let now = Instant::now();
-                // At most one second's worth saved up.
-                s.1 = (s.1 + now.duration_since(s.0).as_secs_f64() * self.rate).min(self.rate);
-                s.0 = now;
-                if s.1 >= 0.0 {
-                    s.1 -= bytes as f64;
-                    return;
-                }
-                Duration::from_secs_f64(-s.1 / self.rate)
-            };
-            tokio::time::sleep(wait).await;
+        // A poisoned lock holds two plain numbers, still usable.
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        // At most one second's worth saved up.
+        s.1 = (s.1 + now.duration_since(s.0).as_secs_f64() * self.rate).min(self.rate);
+        s.0 = now;
+        if s.1 < 0.0 && bytes >= BUDGET_LARGE_BYTES {
+            return false;
         }
+        s.1 -= bytes as f64;
+        true
     }
 }
 
@@ -389,7 +388,7 @@ impl Workload {
             let ep = planner.next_endpoint(self.endpoints);
             let acked = match plan {
                 Plan::Write { key, size } => {
-                    if self.over_watermark() {
+                    if self.over_watermark() || !self.budget.take(size) {
                         self.delete(w, &mut keys[key as usize], ep).await?
                     } else {
                         self.write(w, &mut keys[key as usize], size, ep).await?
@@ -605,7 +604,6 @@ impl Workload {
         } else {
             OpKind::Put
         };
-        self.budget.take(size).await;
         let body = Body::new(self.seed, &ks.name, generation, size);
         let sha = body.sha256();
         let x = if kind == OpKind::Multipart {

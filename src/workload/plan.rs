@@ -215,7 +215,7 @@ impl Planner {
 
 /// Object sizes: empty, tiny, small, around the multipart part size (the
 /// boundaries are where off-by-ones live), and multi-MiB. Large objects are
-/// few (6 %): they carry most of the bytes, and a store keeps what they
+/// few (4 %): they carry most of the bytes, and a store keeps what they
 /// leave behind for a while (Garage: 10 minutes), so they decide the disk
 /// a run needs.
 fn draw_size(rng: &mut ChaCha8Rng, part: u64) -> u64 {
@@ -223,12 +223,12 @@ fn draw_size(rng: &mut ChaCha8Rng, part: u64) -> u64 {
     let a = rng.random_range(0..=u64::MAX / 2);
     match class {
         0..5 => 0,
-        5..48 => 1 + a % 1024,
-        48..84 => 1024 + a % (64 * 1024),
-        84..94 => 64 * 1024 + a % (960 * 1024),
+        5..50 => 1 + a % 1024,
+        50..86 => 1024 + a % (64 * 1024),
+        86..96 => 64 * 1024 + a % (192 * 1024),
         // part - 1, part, part + 1: single PUT below, one part, two parts.
-        94..97 => part - 1 + a % 3,
-        _ => part + a % (2 * part),
+        96..98 => part - 1 + a % 3,
+        _ => part + a % (part / 2 + 1),
     }
 }
 
@@ -306,7 +306,7 @@ mod tests {
             ),
             (
                 "multi-MiB",
-                count(&|p| matches!(p, Plan::Write { size, .. } if *size > 6 << 20)),
+                count(&|p| matches!(p, Plan::Write { size, .. } if *size > (5 << 20) + 1024)),
             ),
             (
                 "first byte",

@@ -1,0 +1,657 @@
+//! Reports: `report.md`, `report.html` (with plots) and `junit.xml`,
+//! rendered from a run's ledger alone, so `faultline report RUN` renders
+//! the same files again at any time. The verdict comes first; then the
+//! findings with their witnesses, the faults with their recovery times,
+//! per-kind counts and latencies, availability per fault window, and
+//! what was covered.
+
+mod html;
+pub mod postmortem;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::ledger::{FindingRecord, LedgerError, LedgerReader};
+use crate::oracle::Coverage;
+use crate::run::RunVerdict;
+use crate::run::coverage::{FaultCoverage, fault_coverage};
+
+/// Findings shown with their full witness; the rest are counted.
+const WITNESSES_SHOWN: usize = 20;
+/// Points of a time-series plot at most.
+const SERIES_POINTS_MAX: u64 = 300;
+
+/// Everything a report shows, read from one ledger.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub run: String,
+    pub meta: BTreeMap<String, String>,
+    pub verdict: Option<RunVerdict>,
+    pub coverage: Option<Coverage>,
+    pub findings: Vec<FindingRecord>,
+    pub faults: Vec<FaultCoverage>,
+    /// Per kind: (ok, fail, ambiguous, unavailable), retention summaries included.
+    pub counts: Vec<(String, [u64; 4])>,
+    /// Per kind: (ops, p50, p90, p99, max) latency of successful ops, in ms.
+    pub latency: Vec<(String, u64, f64, f64, f64, f64)>,
+    /// Throughput and latency over time.
+    pub series: Vec<Point>,
+    pub selftest: Option<serde_json::Value>,
+}
+
+/// One bucket of the time series.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Point {
+    /// Seconds since the run started, at the bucket's start.
+    pub t_s: f64,
+    pub ops_per_s: f64,
+    pub ok_per_s: f64,
+    /// Latency of the successful operations, in ms.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// One JUnit test case: class, name, time (s), and its failure (message,
+/// text) if it failed.
+struct Case {
+    class: &'static str,
+    name: String,
+    time_s: f64,
+    failure: Option<(String, String)>,
+}
+
+/// One write of a finding's witness.
+#[derive(Debug, Clone, Deserialize)]
+struct WitnessWrite {
+    op_id: u64,
+    generation: u64,
+    deleted: bool,
+    size: u64,
+    t_invoke_ns: u64,
+    t_return_ns: u64,
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct WitnessFault {
+    id: u64,
+    kind: String,
+    target: String,
+    t_start_ns: u64,
+    t_recovered_ns: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct WitnessRead {
+    op_id: u64,
+    t_invoke_ns: u64,
+    t_return_ns: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Witness {
+    read: WitnessRead,
+    #[serde(default)]
+    writes: Vec<WitnessWrite>,
+    fault: Option<WitnessFault>,
+}
+
+fn secs(ns: u64) -> String {
+    format!("{:.3}", ns as f64 / 1e9)
+}
+
+impl Report {
+    /// Reads everything the report needs from a ledger.
+    pub fn load(path: &Path) -> Result<Report, LedgerError> {
+        let ledger = LedgerReader::open(path)?;
+        let conn = ledger.connection();
+        let err = |source| LedgerError::Sqlite {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut meta = BTreeMap::new();
+        {
+            let mut stmt = conn
+                .prepare("SELECT key, value FROM run_meta")
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
+                .map_err(err)?;
+            for row in rows {
+                let (k, v) = row.map_err(err)?;
+                meta.insert(k, v);
+            }
+        }
+        let verdict = meta
+            .get("verdict")
+            .and_then(|v| serde_json::from_str(v).ok());
+        let coverage = meta
+            .get("coverage")
+            .and_then(|v| serde_json::from_str(v).ok());
+        let selftest = meta
+            .get("selftest")
+            .and_then(|v| serde_json::from_str(v).ok());
+        let mut counts: BTreeMap<String, [u64; 4]> = BTreeMap::new();
+        {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT kind, outcome, sum(ops) FROM ops_per_minute GROUP BY kind, outcome",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .map_err(err)?;
+            for row in rows {
+                let (kind, outcome, n) = row.map_err(err)?;
+                let i = ["ok", "fail", "ambiguous", "unavailable"]
+                    .iter()
+                    .position(|o| *o == outcome)
+                    .unwrap_or(3);
+                counts.entry(kind).or_default()[i] += n as u64;
+            }
+        }
+        let order = |k: &str| {
+            crate::history::OpKind::ALL
+                .iter()
+                .position(|x| x.as_str() == k)
+                .unwrap_or(usize::MAX)
+        };
+        let mut counts: Vec<(String, [u64; 4])> = counts.into_iter().collect();
+        counts.sort_by_key(|(k, _)| order(k));
+        let mut latency = Vec::new();
+        {
+            let mut stmt = conn
+                .prepare(
+                    "SELECT kind, ops, p50_ms, p90_ms, p99_ms, max_ms FROM latency_percentiles",
+                )
+                .map_err(err)?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)? as u64,
+                        r.get::<_, f64>(2)?,
+                        r.get::<_, f64>(3)?,
+                        r.get::<_, f64>(4)?,
+                        r.get::<_, f64>(5)?,
+                    ))
+                })
+                .map_err(err)?;
+            for row in rows {
+                latency.push(row.map_err(err)?);
+            }
+        }
+        latency.sort_by_key(|l| order(&l.0));
+        let series = series(conn).map_err(err)?;
+        Ok(Report {
+            run: path
+                .parent()
+                .and_then(Path::file_name)
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            meta,
+            verdict,
+            coverage,
+            findings: ledger.findings()?,
+            faults: fault_coverage(&ledger)?,
+            counts,
+            latency,
+            series,
+            selftest,
+        })
+    }
+
+    fn meta(&self, key: &str) -> &str {
+        self.meta.get(key).map_or("", String::as_str)
+    }
+
+    fn failing(&self) -> impl Iterator<Item = &FindingRecord> {
+        self.findings.iter().filter(|f| f.known.is_none())
+    }
+
+    /// The headline: the verdict, or what is known without one.
+    pub fn headline(&self) -> String {
+        if let Some(st) = &self.selftest {
+            let caught = st["caught"]
+                .as_array()
+                .map_or(0, |c| c.iter().filter(|c| c["caught"] == true).count());
+            let injected = st["caught"].as_array().map_or(0, Vec::len);
+            let unexpected = st["unexpected"].as_array().map_or(0, Vec::len);
+            let passed = caught == injected && unexpected == 0;
+            return format!(
+                "SELFTEST {}: {caught} of {injected} injected bugs caught and named, {unexpected} other findings",
+                if passed { "PASS" } else { "FAIL" }
+            );
+        }
+        match &self.verdict {
+            Some(v) => v.headline(),
+            None if self.meta.contains_key("finished_at") => "no verdict recorded".into(),
+            None => "UNKNOWN: the run did not finish (see `faultline verify`)".into(),
+        }
+    }
+
+    /// Known deviations: (class, reason, count).
+    fn known(&self) -> Vec<(String, String, u64)> {
+        let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for f in self.findings.iter().filter(|f| f.known.is_some()) {
+            *by.entry((f.class.clone(), f.known.clone().unwrap_or_default()))
+                .or_default() += 1;
+        }
+        by.into_iter().map(|((c, r), n)| (c, r, n)).collect()
+    }
+
+    /// `report.md`.
+    pub fn markdown(&self) -> String {
+        let mut md = String::new();
+        let _ = writeln!(md, "# faultline run {}\n", self.run);
+        let _ = writeln!(md, "**Verdict: {}**\n", self.headline());
+        let _ = writeln!(md, "| | |\n| --- | --- |");
+        for (label, value) in self.facts() {
+            let _ = writeln!(md, "| {label} | {} |", value.replace('|', "\\|"));
+        }
+        let failing: Vec<&FindingRecord> = self.failing().collect();
+        let _ = writeln!(
+            md,
+            "\n## Findings\n\n{} findings fail the run; {} are known deviations of the store.\n",
+            failing.len(),
+            self.findings.len() - failing.len()
+        );
+        for (i, f) in failing.iter().take(WITNESSES_SHOWN).enumerate() {
+            md.push_str(&witness_markdown(i + 1, f, &self.run));
+        }
+        if failing.len() > WITNESSES_SHOWN {
+            let _ = writeln!(
+                md,
+                "and {} more: `faultline query {} --preset findings`\n",
+                failing.len() - WITNESSES_SHOWN,
+                self.run
+            );
+        }
+        let known = self.known();
+        if !known.is_empty() {
+            let _ = writeln!(md, "Known deviations (tolerated by the profile):\n");
+            let _ = writeln!(md, "| class | count | why |\n| --- | --- | --- |");
+            for (class, reason, n) in known {
+                let _ = writeln!(md, "| {class} | {n} | {reason} |");
+            }
+            md.push('\n');
+        }
+        let _ = writeln!(md, "## Faults\n");
+        if self.faults.is_empty() {
+            let _ = writeln!(md, "No fault was injected.\n");
+        } else {
+            let _ = writeln!(
+                md,
+                "| # | kind | target | start (s) | recovery | ok during the window | reads after |\n| --- | --- | --- | --- | --- | --- | --- |"
+            );
+            for f in &self.faults {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    f.id,
+                    f.kind,
+                    f.target,
+                    secs(f.t_start_ns),
+                    f.recovery_ms.map_or("not recovered".into(), |ms| format!(
+                        "{:.1} s",
+                        ms as f64 / 1e3
+                    )),
+                    f.availability_text(),
+                    f.reads_after
+                );
+            }
+            md.push('\n');
+        }
+        let _ = writeln!(md, "## Operations\n");
+        let _ = writeln!(
+            md,
+            "| op | ok | fail | ambiguous | unavailable | p50 ms | p90 ms | p99 ms | max ms |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
+        for (kind, c) in &self.counts {
+            let l = self.latency.iter().find(|l| l.0 == *kind);
+            let ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            let _ = writeln!(
+                md,
+                "| {kind} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                c[0],
+                c[1],
+                c[2],
+                c[3],
+                ms(l.map(|l| l.2)),
+                ms(l.map(|l| l.3)),
+                ms(l.map(|l| l.4)),
+                ms(l.map(|l| l.5)),
+            );
+        }
+        let _ = writeln!(md, "\n## Coverage\n");
+        for line in self.coverage_lines() {
+            let _ = writeln!(md, "- {line}");
+        }
+        if let Some(st) = &self.selftest {
+            let _ = writeln!(md, "\n## Self-test\n");
+            let _ = writeln!(
+                md,
+                "| injected | expected | caught | detection |\n| --- | --- | --- | --- |"
+            );
+            for c in st["caught"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} |",
+                    c["mutation"].as_str().unwrap_or_default(),
+                    c["expected"].as_str().unwrap_or_default(),
+                    if c["caught"] == true { "yes" } else { "NO" },
+                    c["detection_ms"]
+                        .as_u64()
+                        .map_or("-".into(), |ms| format!("{ms} ms"))
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "\n## Reproduce\n\n```sh\n{}\n```",
+            self.meta("reproduce")
+        );
+        md
+    }
+
+    /// The run's facts, label and value, for the table under the verdict.
+    fn facts(&self) -> Vec<(&'static str, String)> {
+        let total: u64 = self.counts.iter().flat_map(|(_, c)| c.iter()).sum();
+        let ok: u64 = self.counts.iter().map(|(_, c)| c[0]).sum();
+        let contract = self
+            .meta
+            .get("oracle")
+            .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+            .and_then(|o| o["contract"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        vec![
+            (
+                "profile",
+                format!(
+                    "{} (store {})",
+                    self.meta("profile"),
+                    self.meta("store_version")
+                ),
+            ),
+            ("seed", self.meta("seed").to_string()),
+            ("started", self.meta("started_at").to_string()),
+            ("finished", self.meta("finished_at").to_string()),
+            ("operations", format!("{total} ({ok} ok)")),
+            ("contract", contract),
+            ("faults", self.faults.len().to_string()),
+            ("retention", self.meta("retention").to_string()),
+            ("faultline", self.meta("tool_version").to_string()),
+        ]
+    }
+
+    fn coverage_lines(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        if let Some(c) = &self.coverage {
+            lines.push(format!(
+                "{} reads checked ({} in the final verification), {} LIST pages ({} key checks)",
+                c.reads_checked, c.final_reads_checked, c.list_pages_checked, c.list_keys_checked
+            ));
+            lines.push(format!(
+                "{} writes acknowledged, {} ambiguous; {} reads unavailable, {} undecidable",
+                c.writes_acked, c.ambiguous_writes, c.reads_unavailable, c.reads_unknown
+            ));
+        } else {
+            lines.push("no coverage recorded (the run did not finish)".into());
+        }
+        if let Some(RunVerdict::CoverageGap { gaps }) = &self.verdict {
+            lines.extend(gaps.iter().map(|g| format!("GAP: {g}")));
+        }
+        lines
+    }
+
+    /// `junit.xml`: correctness, coverage and each fault as test cases.
+    pub fn junit(&self) -> String {
+        use quick_xml::escape::escape;
+        let mut cases: Vec<Case> = Vec::new();
+        let failing: Vec<&FindingRecord> = self.failing().collect();
+        cases.push(Case {
+            class: "correctness",
+            name: "no wrong data".into(),
+            time_s: 0.0,
+            failure: (!failing.is_empty()).then(|| {
+                (
+                    format!("{} findings", failing.len()),
+                    failing
+                        .iter()
+                        .map(|f| {
+                            format!(
+                                "{} on {} (op {}): expected {}, saw {}",
+                                f.class,
+                                f.key.as_deref().unwrap_or("the LIST"),
+                                f.op_id.unwrap_or_default(),
+                                f.expected,
+                                f.seen
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                )
+            }),
+        });
+        let gaps = match &self.verdict {
+            Some(RunVerdict::CoverageGap { gaps }) => Some(gaps.join("\n")),
+            Some(RunVerdict::Unknown { reason }) => Some(reason.clone()),
+            None => Some("the run did not finish".into()),
+            _ => None,
+        };
+        cases.push(Case {
+            class: "coverage",
+            name: "everything planned was exercised".into(),
+            time_s: 0.0,
+            failure: gaps.map(|g| ("coverage gap".into(), g)),
+        });
+        if let Some(RunVerdict::Infrastructure { reason }) = &self.verdict {
+            cases.push(Case {
+                class: "infrastructure",
+                name: "the cluster stayed ready, recovered, and within its thresholds".into(),
+                time_s: 0.0,
+                failure: Some(("infrastructure failure".into(), reason.clone())),
+            });
+        }
+        for f in &self.faults {
+            cases.push(Case {
+                class: "faults",
+                name: format!("#{} {} on {}", f.id, f.kind, f.target),
+                time_s: f.recovery_ms.unwrap_or_default() as f64 / 1e3,
+                failure: f
+                    .gaps()
+                    .first()
+                    .map(|g| ("fault not covered".into(), g.clone())),
+            });
+        }
+        let failures = cases.iter().filter(|c| c.failure.is_some()).count();
+        let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let suite = format!(
+            "faultline {} seed {}",
+            self.meta("profile"),
+            self.meta("seed")
+        );
+        let _ = writeln!(
+            xml,
+            "<testsuites name=\"faultline\" tests=\"{}\" failures=\"{failures}\">",
+            cases.len()
+        );
+        let _ = writeln!(
+            xml,
+            "  <testsuite name=\"{}\" tests=\"{}\" failures=\"{failures}\">",
+            escape(&suite),
+            cases.len()
+        );
+        for c in &cases {
+            let _ = write!(
+                xml,
+                "    <testcase classname=\"faultline.{}\" name=\"{}\" time=\"{:.3}\"",
+                c.class,
+                escape(&c.name),
+                c.time_s
+            );
+            match &c.failure {
+                None => xml.push_str("/>\n"),
+                Some((message, text)) => {
+                    let _ = writeln!(
+                        xml,
+                        ">\n      <failure message=\"{}\">{}</failure>\n    </testcase>",
+                        escape(message),
+                        escape(text)
+                    );
+                }
+            }
+        }
+        xml.push_str("  </testsuite>\n</testsuites>\n");
+        xml
+    }
+
+    /// `report.html`, with the plots.
+    pub fn html(&self) -> String {
+        html::render(self)
+    }
+}
+
+fn witness_markdown(n: usize, f: &FindingRecord, run: &str) -> String {
+    let mut md = String::new();
+    let key = f.key.as_deref().unwrap_or("(LIST)");
+    let _ = writeln!(
+        md,
+        "### {n}. {} on `{key}` (op {})\n",
+        f.class,
+        f.op_id.unwrap_or_default()
+    );
+    let w: Option<Witness> = serde_json::from_str(&f.witness).ok();
+    if let Some(w) = &w {
+        let _ = writeln!(
+            md,
+            "- read: op {}, {}–{} s",
+            w.read.op_id,
+            secs(w.read.t_invoke_ns),
+            secs(w.read.t_return_ns)
+        );
+    }
+    let _ = writeln!(md, "- expected: {}", f.expected);
+    let _ = writeln!(md, "- seen: {}", f.seen);
+    match w.as_ref().and_then(|w| w.fault.as_ref()) {
+        Some(x) => {
+            let _ = writeln!(
+                md,
+                "- during fault #{}: {} on {} (from {} s{})",
+                x.id,
+                x.kind,
+                x.target,
+                secs(x.t_start_ns),
+                x.t_recovered_ns
+                    .map_or(String::new(), |t| format!(", recovered at {} s", secs(t)))
+            );
+        }
+        None => {
+            let _ = writeln!(md, "- during: no fault");
+        }
+    }
+    if let Some(w) = w.filter(|w| !w.writes.is_empty()) {
+        let _ = writeln!(
+            md,
+            "\n| write op | generation | value | interval (s) | outcome |\n| --- | --- | --- | --- | --- |"
+        );
+        for x in &w.writes {
+            let _ = writeln!(
+                md,
+                "| {} | g{} | {} | {}–{} | {} |",
+                x.op_id,
+                x.generation,
+                if x.deleted {
+                    "DELETE".to_string()
+                } else {
+                    format!("{} bytes", x.size)
+                },
+                secs(x.t_invoke_ns),
+                secs(x.t_return_ns),
+                x.outcome
+            );
+        }
+    }
+    if f.key.is_some() {
+        let _ = writeln!(md, "\nTimeline: `faultline explain {run} --key {key}`");
+    }
+    md.push('\n');
+    md
+}
+
+/// Throughput and latency over time, in at most `SERIES_POINTS_MAX`
+/// buckets, from the workers' operations (not the final verification).
+fn series(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Point>> {
+    let end: i64 = conn.query_row(
+        "SELECT coalesce(max(t_return_ns), 0) FROM ops WHERE origin != 'final'",
+        [],
+        |r| r.get(0),
+    )?;
+    let bucket = (end as u64 / SERIES_POINTS_MAX).max(1_000_000_000);
+    let mut stmt = conn.prepare(
+        "SELECT t_invoke_ns / ?1, outcome = 'ok', t_return_ns - t_invoke_ns
+         FROM ops WHERE origin != 'final' ORDER BY 1",
+    )?;
+    let mut rows = stmt.query([bucket as i64])?;
+    let mut out = Vec::new();
+    let mut current: Option<(i64, u64, u64, Vec<u64>)> = None;
+    let flush = |c: (i64, u64, u64, Vec<u64>), out: &mut Vec<Point>| {
+        let (b, n, ok, mut lat) = c;
+        lat.sort_unstable();
+        let pick = |p: f64| {
+            lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
+                .map_or(0.0, |ns| *ns as f64 / 1e6)
+        };
+        let width = bucket as f64 / 1e9;
+        out.push(Point {
+            t_s: b as f64 * width,
+            ops_per_s: n as f64 / width,
+            ok_per_s: ok as f64 / width,
+            p50_ms: pick(0.5),
+            p99_ms: pick(0.99),
+        });
+    };
+    while let Some(r) = rows.next()? {
+        let (b, ok, lat): (i64, bool, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+        if current.as_ref().is_some_and(|c| c.0 != b) {
+            flush(current.take().expect("checked"), &mut out);
+        }
+        let c = current.get_or_insert((b, 0, 0, Vec::new()));
+        c.1 += 1;
+        if ok {
+            c.2 += 1;
+            c.3.push(lat as u64);
+        }
+    }
+    if let Some(c) = current {
+        flush(c, &mut out);
+    }
+    Ok(out)
+}
+
+/// Renders every report file into the run directory.
+pub fn write_all(run_dir: &Path) -> Result<Report, crate::exit::Error> {
+    let report = Report::load(&run_dir.join("ledger.sqlite"))?;
+    let write = |name: &str, text: String| {
+        let path = run_dir.join(name);
+        std::fs::write(&path, text).map_err(|e| {
+            crate::exit::Error::Workload(format!("cannot write {}: {e}", path.display()))
+        })
+    };
+    write("report.md", report.markdown())?;
+    write("report.html", report.html())?;
+    write("junit.xml", report.junit())?;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests;
