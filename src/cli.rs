@@ -57,17 +57,46 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
     /// Offline verification throughput on a generated correct history.
-    Oracle {
-        /// Operations in the generated history.
-        #[arg(long, default_value_t = 1_000_000)]
-        ops: usize,
-        /// Keys they spread over.
-        #[arg(long, default_value_t = 10_000)]
-        keys: usize,
-        /// History seed.
-        #[arg(long, default_value_t = 1)]
-        seed: u64,
+    Oracle(SynthArgs),
+    /// The ledger writer's commit rate on a generated operation stream.
+    Ledger {
+        #[command(flatten)]
+        synth: SynthArgs,
+        /// The new ledger file to write (must not exist).
+        #[arg(long, default_value = "bench-ledger.sqlite")]
+        path: PathBuf,
     },
+    /// Runner CPU per operation and throughput, with ledger and oracle
+    /// against a raw mode without both, on one booted cluster.
+    Runner(BenchRunnerArgs),
+}
+
+/// A generated correct history (`oracle::synth`).
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Operations in the history.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub ops: usize,
+    /// Keys they spread over.
+    #[arg(long, default_value_t = 10_000)]
+    pub keys: usize,
+    /// History seed.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchRunnerArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[command(flatten)]
+    pub workload: WorkloadArgs,
+    /// How long each phase runs.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    pub phase: Duration,
+    /// Phases per mode (raw and full alternate).
+    #[arg(long, default_value_t = 2)]
+    pub rounds: u32,
 }
 
 #[derive(Debug, Args)]
@@ -440,9 +469,11 @@ pub fn run(cli: Cli) -> u8 {
                 Ok(exit::PASS)
             }
             Command::Verify(args) => verify(args),
-            Command::Bench(BenchCommand::Oracle { ops, keys, seed }) => {
-                bench_oracle(ops, keys, seed)
+            Command::Bench(BenchCommand::Oracle(s)) => crate::bench::oracle(s.ops, s.keys, s.seed),
+            Command::Bench(BenchCommand::Ledger { synth: s, path }) => {
+                crate::bench::ledger(s.ops, s.keys, s.seed, &path)
             }
+            Command::Bench(BenchCommand::Runner(args)) => bench_runner(args).await,
             Command::Install(args) => install(args).await,
         }
     });
@@ -807,38 +838,12 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
     Ok(exit::PASS)
 }
 
-fn bench_oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
-    if ops == 0 || keys == 0 {
-        return Err(Error::Usage("--ops and --keys must be at least 1".into()));
+async fn bench_runner(args: BenchRunnerArgs) -> Result<u8, Error> {
+    if args.rounds == 0 {
+        return Err(Error::Usage("--rounds must be at least 1".into()));
     }
-    let started = std::time::Instant::now();
-    let (info, history) = crate::oracle::synth::history(seed, ops, keys);
-    let generated = started.elapsed();
-    let rss_after_generation = run::peak_rss_bytes();
-    let started = std::time::Instant::now();
-    let verdict = crate::oracle::check(&info, history);
-    let checked = started.elapsed();
-    println!(
-        "history: {ops} operations over {keys} keys, generated in {:.2} s",
-        generated.as_secs_f64()
-    );
-    println!(
-        "check:   {:.3} s, {:.0} operations/s on one core; {} reads, {} LIST pages ({} key checks); {} findings",
-        checked.as_secs_f64(),
-        ops as f64 / checked.as_secs_f64().max(1e-9),
-        verdict.coverage.reads_checked,
-        verdict.coverage.list_pages_checked,
-        verdict.coverage.list_keys_checked,
-        verdict.findings.len()
-    );
-    println!(
-        "memory:  peak RSS {:.0} MiB (after generating the history: {:.0} MiB)",
-        run::peak_rss_bytes() as f64 / (1 << 20) as f64,
-        rss_after_generation as f64 / (1 << 20) as f64
-    );
-    Ok(if verdict.findings.is_empty() {
-        exit::PASS
-    } else {
-        exit::FINDINGS
-    })
+    let opts = args.cluster.boot_options();
+    let mut profile = Profile::load(&opts.profile)?;
+    args.workload.apply(&mut profile)?;
+    crate::bench::runner(opts, profile.workload, args.phase, args.rounds).await
 }

@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) only parses arguments; everything else lives
 //! in this library so tests reach it. See ARCHITECTURE.md for the map.
 
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod console;

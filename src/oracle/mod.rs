@@ -37,12 +37,16 @@
 //! Bodies are a pure function of (seed, key, generation, size), so the
 //! oracle recomputes any slice it needs, even of a generation it dropped.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::borrow::Cow;
+use std::collections::{BTreeMap, VecDeque};
+
+/// Keys are trusted strings of our own: a fast hash, not SipHash.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::history::{ListDetail, OpKind, Origin, Outcome, TraceDetail};
+use crate::history::{OpKind, Origin, Outcome, TraceDetail};
 use crate::ledger::OpRecord;
 use crate::s3::slice_sha256;
 use crate::workload::body::{Body, key_tag, run_tag};
@@ -328,6 +332,62 @@ fn allowed_of(list: &[Write], t_invoke: u64, t_return: u64, floor: u64) -> Allow
 
 /// Failed generations remembered per key, for naming phantoms.
 const FAILED_KEPT_MAX: usize = 64;
+/// Pruned values remembered per key, for naming stale LIST entries.
+const PAST_KEPT_MAX: usize = 16;
+
+/// A value pruned from a key's candidates, compactly: enough to recognise
+/// it on a LIST page and to cite its write.
+#[derive(Debug, Clone, Copy)]
+struct Past {
+    op_id: u64,
+    generation: u64,
+    size: u64,
+    etag: Option<u64>,
+    t_invoke: u64,
+    t_return: u64,
+    outcome: Outcome,
+}
+
+fn etag_hash(etag: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    etag.hash(&mut h);
+    h.finish()
+}
+
+impl Past {
+    fn of(w: &Write) -> Past {
+        Past {
+            op_id: w.op_id,
+            generation: w.generation,
+            size: w.size,
+            etag: w.etag.as_deref().map(etag_hash),
+            t_invoke: w.t_invoke,
+            t_return: w.t_return,
+            outcome: w.outcome,
+        }
+    }
+
+    fn listed_as(&self, size: u64, etag: Option<&str>) -> bool {
+        self.size == size
+            && match (self.etag, etag) {
+                (Some(a), Some(b)) => a == etag_hash(b),
+                _ => true,
+            }
+    }
+
+    fn witness(&self) -> WitnessWrite {
+        WitnessWrite {
+            op_id: self.op_id,
+            generation: self.generation,
+            deleted: false,
+            size: self.size,
+            t_invoke_ns: self.t_invoke,
+            t_return_ns: self.t_return,
+            outcome: self.outcome,
+        }
+    }
+}
 
 /// What the oracle keeps of one key.
 #[derive(Debug, Default)]
@@ -338,6 +398,9 @@ struct KeyHist {
     writes: Vec<Write>,
     /// Recent writes that certainly failed: (generation, op id).
     failed: VecDeque<(u64, u64)>,
+    /// The last values pruned from `writes`, to name an old value a LIST
+    /// shows (its size and ETag are all a page says).
+    past: VecDeque<Past>,
     /// The highest generation any write of this key carried.
     max_generation: u64,
     /// Reads invoked before this were already past when writes were dropped.
@@ -375,7 +438,12 @@ impl KeyHist {
             .rposition(|w| w.outcome == Outcome::Ok)
             && b > 0
         {
-            self.writes.drain(..b);
+            for w in self.writes.drain(..b).filter(|w| !w.deleted) {
+                if self.past.len() == PAST_KEPT_MAX {
+                    self.past.pop_front();
+                }
+                self.past.push_back(Past::of(&w));
+            }
             self.dropped_before_ns = self.dropped_before_ns.max(horizon);
         }
         while let Some(&(t, g)) = self.observed.front()
@@ -518,10 +586,10 @@ impl Oracle {
         Oracle {
             run_tag: run_tag(info.seed),
             info,
-            index: HashMap::new(),
+            index: HashMap::default(),
             ordered: BTreeMap::new(),
             hists: Vec::new(),
-            tags: HashMap::new(),
+            tags: HashMap::default(),
             progress: vec![0; workers],
             quiescent: false,
             now_ns: 0,
@@ -1132,7 +1200,7 @@ impl Oracle {
     /// Checks one LIST page: its findings and how many keys it covered;
     /// `None` if the page carries no parsable detail.
     fn check_page(&mut self, op: &OpRecord) -> Option<(Vec<Finding>, u64)> {
-        let page: ListDetail = serde_json::from_str(op.detail.as_deref()?).ok()?;
+        let page: PageView<'_> = serde_json::from_str(op.detail.as_deref()?).ok()?;
         let contract = self.info.contract;
         let mut findings = Vec::new();
         let mk = |class: Class,
@@ -1178,27 +1246,38 @@ impl Oracle {
             ));
         }
         let upper = if page.truncated {
-            Some(entries.last()?.0.as_str())
+            Some(&*entries.last()?.0)
         } else {
             None
         };
-        for (key, _, _) in entries {
-            if !key.starts_with(&self.info.prefix) || !self.index.contains_key(key.as_str()) {
-                findings.push(mk(
-                    Class::Phantom,
-                    Some(key),
-                    "only keys this run wrote".into(),
-                    format!("{key}, which this run never wrote"),
-                    Vec::new(),
-                ));
-            }
+        let phantom = |key: &str| {
+            mk(
+                Class::Phantom,
+                Some(key),
+                "only keys this run wrote".into(),
+                format!("{key}, which this run never wrote"),
+                Vec::new(),
+            )
+        };
+        let unknown =
+            |key: &str| !key.starts_with(&self.info.prefix) || !self.index.contains_key(key);
+        // Only the entries the merge below steps over can be unknown keys
+        // (on an ordered page): the rest matched one. Look those up.
+        let mut phantoms = Vec::new();
+        if !ordered {
+            phantoms.extend(
+                entries
+                    .iter()
+                    .filter(|e| unknown(&e.0))
+                    .map(|e| phantom(&e.0)),
+            );
         }
         let on_page: HashMap<&str, (u64, Option<&str>)> = if ordered {
-            HashMap::new()
+            HashMap::default()
         } else {
             entries
                 .iter()
-                .map(|(k, s, e)| (k.as_str(), (*s, e.as_deref())))
+                .map(|(k, s, e)| (&**k, (*s, e.as_deref())))
                 .collect()
         };
         // Every key of the run in the page's range, merged with the sorted entries.
@@ -1215,11 +1294,16 @@ impl Oracle {
             let key: &str = key;
             let kh = &self.hists[i];
             let listed = if ordered {
-                while cursor < entries.len() && entries[cursor].0.as_str() < key {
+                while cursor < entries.len() && &*entries[cursor].0 < key {
+                    if unknown(&entries[cursor].0) {
+                        phantoms.push(phantom(&entries[cursor].0));
+                    }
                     cursor += 1;
                 }
-                (cursor < entries.len() && entries[cursor].0 == key)
-                    .then(|| (entries[cursor].1, entries[cursor].2.as_deref()))
+                let hit = cursor < entries.len() && entries[cursor].0 == key;
+                let listed = hit.then(|| (entries[cursor].1, entries[cursor].2.as_deref()));
+                cursor += usize::from(hit);
+                listed
             } else {
                 on_page.get(key).copied()
             };
@@ -1244,15 +1328,24 @@ impl Oracle {
                     // Name the value by the write it shows, if it is known
                     // (by size and ETag; by size alone for an ambiguous
                     // write, whose ETag never came back).
+                    // Held writes first, then the values pruned before them.
                     let older = kh
                         .writes
                         .iter()
                         .rev()
-                        .find(|w| !w.deleted && listed_as(w, size, etag));
+                        .find(|w| !w.deleted && listed_as(w, size, etag))
+                        .map(Past::of)
+                        .or_else(|| {
+                            kh.past
+                                .iter()
+                                .rev()
+                                .find(|p| p.listed_as(size, etag))
+                                .copied()
+                        });
                     let mut witness = allowed.witness();
-                    witness.extend(older.map(Write::witness));
-                    let shows = older.map_or(String::new(), |w| {
-                        format!(": g{}, older than allowed", w.generation)
+                    witness.extend(older.map(|p| p.witness()));
+                    let shows = older.map_or(String::new(), |p| {
+                        format!(": g{}, older than allowed", p.generation)
                     });
                     let (class, seen) = if may_be_present {
                         (
@@ -1270,8 +1363,25 @@ impl Oracle {
                 _ => {}
             }
         }
+        if ordered {
+            // Entries past the run's last key in range.
+            let rest = entries[cursor..].iter().filter(|e| unknown(&e.0));
+            phantoms.extend(rest.map(|e| phantom(&e.0)));
+        }
+        findings.extend(phantoms);
         Some((findings, covered))
     }
+}
+
+/// The parts of a LIST page's `ListDetail` the check reads, borrowed from
+/// the JSON instead of copied (the check parses every page).
+#[derive(Deserialize)]
+struct PageView<'a> {
+    #[serde(borrow)]
+    after: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    keys: Vec<(Cow<'a, str>, u64, Option<Cow<'a, str>>)>,
+    truncated: bool,
 }
 
 /// Could a LIST entry of `size` and `etag` be write `w`? ETags are

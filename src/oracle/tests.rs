@@ -3,6 +3,7 @@
 //! read with what it saw, and the findings expected.
 
 use super::*;
+use crate::history::ListDetail;
 use crate::ledger::OpRecord;
 
 const SEED: u64 = 99;
@@ -553,6 +554,34 @@ fn a_stale_list_entry_is_named_by_the_generation_it_shows() {
         ]
     );
     assert_eq!(v.findings[0].write_ids(), vec![3, 1]);
+}
+
+#[test]
+fn a_stale_list_entry_dropped_from_memory_is_still_named() {
+    // As a soak saw it: a node back from a stop lists g1 (long superseded
+    // and pruned) next to a DELETE the quorum's newest replica holds.
+    let mut h = H::default();
+    h.put("a", 1, 10, (0, 10), Acked).etags(&["\"e1\""]);
+    for g in 2..=5 {
+        h.put("a", g, 20 + g, (g * 1_000, g * 1_000 + 10), Acked)
+            .etags(&[&format!("\"e{g}\"")]);
+    }
+    h.del("a", 6, (9_000, 9_010), Acked)
+        .list((9_020, 9_030), None, &[("a", 10)], false)
+        .etags(&["\"e1\""]);
+    let mut info = info();
+    info.read_span_max_ns = 100;
+    let v = check(&info, h.ops.clone());
+    let got: Vec<(Class, &str)> = v
+        .findings
+        .iter()
+        .map(|f| (f.class, f.seen.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![(Class::ListGhost, "on the page: g1, older than allowed")]
+    );
+    assert_eq!(v.findings[0].write_ids(), vec![6, 1]);
 }
 
 #[test]

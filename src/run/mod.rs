@@ -216,7 +216,7 @@ impl OracleMeta {
         }
     }
 
-    fn run_info(&self, seed: u64, prefix: String, complete: bool) -> RunInfo {
+    pub fn run_info(&self, seed: u64, prefix: String, complete: bool) -> RunInfo {
         RunInfo {
             seed,
             prefix,

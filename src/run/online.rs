@@ -215,7 +215,7 @@ fn check_loop(
             let known = known_deviation(tolerate, &f);
             status.record(&f, known.is_some());
             match known {
-                Some(why) => tracing::info!(finding = %summary(&f), why, "known deviation"),
+                Some(why) => tracing::debug!(finding = %summary(&f), why, "known deviation"),
                 None => tracing::warn!(finding = %summary(&f), "violation"),
             }
             if let Some(l) = &ledger {

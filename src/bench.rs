@@ -1,0 +1,329 @@
+//! `faultline bench`: measurements of the runner's own parts, so "the
+//! runner is never the bottleneck" is a number anyone can re-run
+//! (BENCHMARKS.md records them with their commands).
+//!
+//! - `oracle`: offline verification of a generated correct history,
+//!   streamed through the checker (memory is the checker's, not the
+//!   history's), its generation timed apart and subtracted.
+//! - `ledger`: the SQLite writer's commit rate on a generated stream.
+//! - `runner`: the same workload against one booted cluster in two modes,
+//!   alternating: raw (records dropped, no oracle) and full (ledger and
+//!   online oracle); the runner's CPU per operation and throughput of each.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{BootOptions, Cluster};
+use crate::exit::{self, Error};
+use crate::ledger::{Ledger, LedgerWriter, Record};
+use crate::oracle::synth;
+use crate::run::online::Online;
+use crate::run::{Interrupts, OracleMeta, boot_unless_interrupted, peak_rss_bytes};
+use crate::workload::{Workload, WorkloadConfig};
+
+const MIB: f64 = (1 << 20) as f64;
+
+/// User plus system CPU this process has used (its own threads, not its
+/// children: the nodes are separate processes).
+pub fn cpu_time() -> Duration {
+    use nix::sys::resource::{UsageWho, getrusage};
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let tv = |t: nix::sys::time::TimeVal| {
+                Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
+            };
+            tv(u.user_time()) + tv(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+fn per_s(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64().max(1e-9)
+}
+
+/// Offline verification of `ops` generated operations over `keys` keys.
+pub fn oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
+    if ops == 0 || keys == 0 {
+        return Err(Error::Usage("--ops and --keys must be at least 1".into()));
+    }
+    // The generator's own cost, measured alone on the same stream.
+    let started = Instant::now();
+    let (_, stream) = synth::stream(seed, keys);
+    let generated = stream.take(ops).fold(0u64, |n, op| n + op.id % 2);
+    let generation = started.elapsed();
+    std::hint::black_box(generated);
+    let rss_before = crate::run::rss_bytes().unwrap_or(0);
+    let started = Instant::now();
+    let (info, stream) = synth::stream(seed, keys);
+    let verdict = crate::oracle::check(&info, stream.take(ops));
+    let total = started.elapsed();
+    let checking = total.saturating_sub(generation);
+    println!(
+        "history: {ops} operations over {keys} keys, generated in {:.2} s (streamed, not kept)",
+        generation.as_secs_f64()
+    );
+    println!(
+        "check:   {:.2} s ({:.2} s with generation), {:.0} operations/s on one core; \
+         {} reads, {} LIST pages ({} key checks); {} findings",
+        checking.as_secs_f64(),
+        total.as_secs_f64(),
+        per_s(ops as u64, checking),
+        verdict.coverage.reads_checked,
+        verdict.coverage.list_pages_checked,
+        verdict.coverage.list_keys_checked,
+        verdict.findings.len()
+    );
+    println!(
+        "memory:  peak RSS {:.0} MiB (before the check: {:.0} MiB)",
+        peak_rss_bytes() as f64 / MIB,
+        rss_before as f64 / MIB
+    );
+    Ok(if verdict.findings.is_empty() {
+        exit::PASS
+    } else {
+        exit::FINDINGS
+    })
+}
+
+/// Commits `ops` generated operations to a new ledger at `path`; the
+/// stream is generated beforehand so only the writer is timed.
+pub fn ledger(ops: usize, keys: usize, seed: u64, path: &Path) -> Result<u8, Error> {
+    if ops == 0 || keys == 0 {
+        return Err(Error::Usage("--ops and --keys must be at least 1".into()));
+    }
+    if path.exists() {
+        return Err(Error::Usage(format!(
+            "{} exists; the benchmark writes a new ledger",
+            path.display()
+        )));
+    }
+    let (info, stream) = synth::stream(seed, keys);
+    let records: Vec<Record> = stream
+        .take(ops)
+        .map(|op| Record::Op(Box::new(op)))
+        .collect();
+    let (ledger, writer) = Ledger::create(path, None, None)?;
+    // What `faultline verify` needs to re-check the file.
+    let oracle = OracleMeta {
+        contract: info.contract,
+        workers: info.workers,
+        read_span_max_ns: info.read_span_max_ns,
+        tolerate: Vec::new(),
+    };
+    for (key, value) in [
+        ("seed", seed.to_string()),
+        ("prefix", info.prefix.clone()),
+        (
+            "oracle",
+            serde_json::to_string(&oracle).expect("serialises"),
+        ),
+    ] {
+        ledger.send(Record::Meta {
+            key: key.into(),
+            value,
+        })?;
+    }
+    let started = Instant::now();
+    for r in records {
+        ledger.send(r)?;
+    }
+    ledger.send(Record::Meta {
+        key: "finished_at".into(),
+        value: crate::cluster::utc_now(),
+    })?;
+    drop(ledger);
+    let written = writer.finish()?;
+    let took = started.elapsed();
+    let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "ledger:  {ops} operations ({written} records) committed in {:.2} s: {:.0} operations/s",
+        took.as_secs_f64(),
+        per_s(ops as u64, took)
+    );
+    println!(
+        "file:    {} ({:.0} MiB, {:.0} bytes per operation); re-check it with `faultline verify {}`",
+        path.display(),
+        size as f64 / MIB,
+        size as f64 / ops as f64,
+        path.display()
+    );
+    Ok(exit::PASS)
+}
+
+/// One phase of `bench runner`.
+struct Phase {
+    full: bool,
+    ops: u64,
+    wall: Duration,
+    cpu: Duration,
+    findings: u64,
+}
+
+/// Runs the profile's workload against one booted cluster for `phase` at a
+/// time, `rounds` times in each mode (raw first in even rounds, full first
+/// in odd ones, so drift in the cluster's speed hits both alike).
+pub async fn runner(
+    opts: BootOptions,
+    wl: WorkloadConfig,
+    phase: Duration,
+    rounds: u32,
+) -> Result<u8, Error> {
+    let mut interrupts = Interrupts::new();
+    let Some(cluster) = boot_unless_interrupted(&opts, &mut interrupts).await? else {
+        return Ok(exit::INFRA);
+    };
+    println!(
+        "bench runner: {} with {} workers, {} rounds of {} per mode; run directory {}",
+        cluster.profile.name,
+        wl.workers,
+        rounds,
+        humantime::format_duration(phase),
+        cluster.run_dir().display()
+    );
+    let mut phases = Vec::new();
+    let mut result = Ok(());
+    'rounds: for round in 0..rounds {
+        for full in [round % 2 == 1, round % 2 == 0] {
+            let p = tokio::select! {
+                p = one_phase(&cluster, &wl, opts.seed, round, full, phase) => p,
+                _ = interrupts.next() => { result = Err(Error::Interrupted); break 'rounds; }
+            };
+            match p {
+                Ok(p) => {
+                    println!(
+                        "  round {round} {:<4}: {:>7} ops in {:.1} s, {:>6.0} ops/s, CPU {:.1} s, {:.0} µs CPU per op",
+                        if p.full { "full" } else { "raw" },
+                        p.ops,
+                        p.wall.as_secs_f64(),
+                        per_s(p.ops, p.wall),
+                        p.cpu.as_secs_f64(),
+                        p.cpu.as_secs_f64() * 1e6 / p.ops.max(1) as f64
+                    );
+                    phases.push(p);
+                }
+                Err(e) => {
+                    result = Err(e);
+                    break 'rounds;
+                }
+            }
+        }
+    }
+    cluster.shutdown().await?;
+    result?;
+    let sum = |full: bool| {
+        phases
+            .iter()
+            .filter(|p| p.full == full)
+            .fold((0u64, Duration::ZERO, Duration::ZERO), |(o, w, c), p| {
+                (o + p.ops, w + p.wall, c + p.cpu)
+            })
+    };
+    let (raw_ops, raw_wall, raw_cpu) = sum(false);
+    let (full_ops, full_wall, full_cpu) = sum(true);
+    let raw_cpu_op = raw_cpu.as_secs_f64() / raw_ops.max(1) as f64;
+    let full_cpu_op = full_cpu.as_secs_f64() / full_ops.max(1) as f64;
+    let overhead = full_cpu_op / raw_cpu_op - 1.0;
+    let ratio = per_s(full_ops, full_wall) / per_s(raw_ops, raw_wall);
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
+    table.set_header(vec!["mode", "ops", "ops/s", "runner CPU s", "µs CPU/op"]);
+    for (name, ops, wall, cpu) in [
+        ("raw", raw_ops, raw_wall, raw_cpu),
+        ("full", full_ops, full_wall, full_cpu),
+    ] {
+        table.add_row(vec![
+            name.to_string(),
+            ops.to_string(),
+            format!("{:.0}", per_s(ops, wall)),
+            format!("{:.1}", cpu.as_secs_f64()),
+            format!("{:.1}", cpu.as_secs_f64() * 1e6 / ops.max(1) as f64),
+        ]);
+    }
+    println!("{table}");
+    println!(
+        "ledger and oracle add {:+.1} % runner CPU per operation (target at most +10 %); \
+         throughput full/raw {ratio:.3} (target at least 0.95)",
+        overhead * 100.0
+    );
+    let findings: u64 = phases.iter().map(|p| p.findings).sum();
+    if findings > 0 {
+        println!(
+            "the oracle found {findings} violations during the benchmark (see the bench ledgers)"
+        );
+        return Ok(exit::FINDINGS);
+    }
+    Ok(exit::PASS)
+}
+
+async fn one_phase(
+    cluster: &Cluster,
+    wl: &WorkloadConfig,
+    seed: u64,
+    round: u32,
+    full: bool,
+    phase: Duration,
+) -> Result<Phase, Error> {
+    let mode = if full { "full" } else { "raw" };
+    let seed = seed + u64::from(round);
+    let run_name = cluster
+        .run_dir()
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let prefix = format!("faultline/{run_name}/bench-{round}-{mode}/");
+    let timeouts = Workload::s3_timeouts(wl);
+    let clients = cluster
+        .s3
+        .endpoints
+        .iter()
+        .map(|ep| cluster.s3.client(ep, timeouts))
+        .collect();
+    let cpu_before = cpu_time();
+    let (ledger, writer, online): (Ledger, LedgerWriter, Option<Online>) = if full {
+        let meta = OracleMeta::for_workload(&cluster.profile.oracle, wl);
+        let (online, tap) = Online::start(
+            meta.run_info(seed, prefix.clone(), true),
+            meta.tolerate.clone(),
+        );
+        let path = cluster.run_dir().join(format!("bench-{round}-full.sqlite"));
+        let (ledger, writer) = Ledger::create(&path, None, Some(tap))?;
+        online.attach(ledger.clone());
+        (ledger, writer, Some(online))
+    } else {
+        let (ledger, writer) = Ledger::discard()?;
+        (ledger, writer, None)
+    };
+    let clock = Instant::now();
+    let workload = Workload::new(wl.clone(), seed, prefix, clients, ledger.clone(), clock);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(workload.clone().run(stop_rx));
+    tokio::time::sleep(phase).await;
+    let _ = stop_tx.send(true);
+    let joined = running
+        .await
+        .map_err(|e| Error::Workload(format!("the workload panicked: {e}")))?;
+    let wall = clock.elapsed();
+    joined?;
+    let ops = workload.stats.total();
+    ledger.flush()?;
+    // The online check's backlog is part of the full mode's cost.
+    let tolerate = &cluster.profile.oracle.tolerate;
+    let findings = online.and_then(Online::finish).map_or(0, |v| {
+        v.findings
+            .iter()
+            .filter(|f| crate::cluster::profile::known_deviation(tolerate, f).is_none())
+            .count() as u64
+    });
+    drop(ledger);
+    drop(workload);
+    writer.finish()?;
+    Ok(Phase {
+        full,
+        ops,
+        wall,
+        cpu: cpu_time().saturating_sub(cpu_before),
+        findings,
+    })
+}
