@@ -445,6 +445,25 @@ impl ClusterArgs {
 /// Runs a parsed command line; returns the process exit code.
 pub fn run(cli: Cli) -> u8 {
     crate::console::init();
+    // Commands that only print (and talk to no node) end quietly when the
+    // reader goes away, `faultline query RUN ... | head` included. The
+    // others keep Rust's ignored SIGPIPE: a node closing a socket must not
+    // kill the runner.
+    if matches!(
+        cli.command,
+        Command::Report(_)
+            | Command::Query(_)
+            | Command::Explain(_)
+            | Command::Runs(_)
+            | Command::Verify(_)
+    ) {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: called before any other thread exists; SIG_DFL installs
+        // no handler code.
+        unsafe {
+            let _ = signal(Signal::SIGPIPE, SigHandler::SigDfl);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -563,6 +563,23 @@ fn the_synthetic_benchmarks_run_and_their_ledger_verifies_clean() {
             .unwrap(),
         2
     );
+    // A reader that goes away (`| head`) ends the query quietly.
+    let mut child = Command::new(BIN)
+        .args(["query", l, "SELECT * FROM ops", "--csv"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.starts_with("id,"), "{first}");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
     let out = faultline_ok(&["bench", "oracle", "--ops", "20000", "--keys", "500"]);
     assert!(out.contains("0 findings"), "{out}");
 }
