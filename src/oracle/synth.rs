@@ -50,7 +50,13 @@ pub fn stream(seed: u64, keys: usize) -> (RunInfo, impl Iterator<Item = OpRecord
         ..OpRecord::new(kind, key, Outcome::Ok)
     };
     let owned = keys / WORKERS;
-    let info = RunInfo::new(seed, prefix, WORKERS as u32);
+    // No operation lasts longer than OP_NS. The default span (5 minutes)
+    // is longer than any synthetic history (one unit is a nanosecond), so
+    // with it the check could never drop a superseded write.
+    let info = RunInfo {
+        read_span_max_ns: 2 * OP_NS,
+        ..RunInfo::new(seed, prefix, WORKERS as u32)
+    };
     let ops = (0u64..).map(move |i| {
         let t = 10 + i;
         let id = i + 1;
