@@ -121,7 +121,8 @@ pub(crate) fn prune(
         params![from, to, READ_SPAN_MAX_NS],
         |row| row.get(0),
     )?;
-    // Reads of the slice not near a fault window (open ones extend to now)
+    // Reads of the slice not near a fault window (one not yet recovered
+    // extends to now, undone or not)
     // or an unknown finding.
     tx.execute(
         "INSERT INTO doomed (id)
@@ -131,7 +132,7 @@ pub(crate) fn prune(
            AND o.kind IN ('get', 'head', 'range', 'list')
            AND NOT EXISTS (SELECT 1 FROM faults f
                            WHERE o.t_return_ns >= f.t_start_ns - ?3
-                             AND o.t_invoke_ns <= coalesce(f.t_recovered_ns, f.t_end_ns, ?4) + ?3)
+                             AND o.t_invoke_ns <= coalesce(f.t_recovered_ns, ?4) + ?3)
            AND NOT EXISTS (SELECT 1 FROM findings x
                            WHERE x.known IS NULL
                              AND x.t_ns >= o.t_invoke_ns - ?3 AND x.t_ns <= o.t_return_ns + ?3)",

@@ -259,12 +259,15 @@ fn check_loop(
 }
 
 /// The fault whose window (start to recovery, or to now while open)
-/// overlaps an operation's interval; the latest one if several do.
+/// overlaps an operation's interval; the latest one if several do. A fault
+/// undone but not yet recovered is still open: a soak's lost write at
+/// 96.2 s, after n1's SIGCONT at 95.3 s and before recovery at 96.9 s,
+/// was once recorded with no fault.
 pub fn fault_at(faults: &[FaultRecord], t_invoke: u64, t_return: u64) -> Option<&FaultRecord> {
     faults
         .iter()
         .filter(|f| {
-            let end = f.t_recovered_ns.or(f.t_end_ns).unwrap_or(u64::MAX);
+            let end = f.t_recovered_ns.unwrap_or(u64::MAX);
             f.t_start_ns <= t_return && t_invoke <= end
         })
         .max_by_key(|f| f.t_start_ns)
@@ -292,5 +295,38 @@ pub fn finding_record(f: &Finding, faults: &[FaultRecord], known: Option<&str>) 
         seen: f.seen.clone(),
         witness: witness.to_string(),
         known: known.map(str::to_string),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fault(id: u64, start: u64, end: Option<u64>, recovered: Option<u64>) -> FaultRecord {
+        FaultRecord {
+            id,
+            kind: "stop-start".into(),
+            target: "n1".into(),
+            t_start_ns: start,
+            t_confirm_ns: Some(start),
+            t_end_ns: end,
+            t_recovered_ns: recovered,
+            recovery_ms: None,
+            gate: None,
+        }
+    }
+
+    #[test]
+    fn a_fault_is_active_from_its_start_until_it_recovered() {
+        let undone = [fault(1, 20, Some(95), None)];
+        // Undone at 95, not yet recovered: a read at 96 is in its window.
+        assert_eq!(fault_at(&undone, 96, 97).map(|f| f.id), Some(1));
+        let recovered = [fault(1, 20, Some(95), Some(97))];
+        assert_eq!(fault_at(&recovered, 96, 96).map(|f| f.id), Some(1));
+        assert_eq!(fault_at(&recovered, 98, 99).map(|f| f.id), None);
+        assert_eq!(fault_at(&recovered, 10, 19).map(|f| f.id), None);
+        // The latest of two overlapping windows.
+        let two = [fault(1, 20, Some(95), Some(97)), fault(2, 96, None, None)];
+        assert_eq!(fault_at(&two, 96, 96).map(|f| f.id), Some(2));
     }
 }
