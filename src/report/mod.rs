@@ -301,10 +301,7 @@ impl Report {
                     f.kind,
                     f.target,
                     secs(f.t_start_ns),
-                    f.recovery_ms.map_or("not recovered".into(), |ms| format!(
-                        "{:.1} s",
-                        ms as f64 / 1e3
-                    )),
+                    f.recovery_text(),
                     f.availability_text(),
                     f.reads_after
                 );

@@ -31,6 +31,13 @@ impl FaultCoverage {
         (self.ops_in_window > 0).then(|| self.ok_in_window as f64 / self.ops_in_window as f64)
     }
 
+    /// "12.3 s" or "not recovered", as the summaries show it.
+    pub fn recovery_text(&self) -> String {
+        self.recovery_ms.map_or("not recovered".into(), |ms| {
+            format!("{:.1} s", ms as f64 / 1e3)
+        })
+    }
+
     /// "ok/attempted (percent)", as the summaries show it.
     pub fn availability_text(&self) -> String {
         format!(

@@ -878,9 +878,7 @@ fn print_faults(faults: &[coverage::FaultCoverage]) {
             format!("#{}", f.id),
             f.kind.clone(),
             f.target.clone(),
-            f.recovery_ms.map_or("not recovered".into(), |ms| {
-                format!("{:.1} s", ms as f64 / 1000.0)
-            }),
+            f.recovery_text(),
             f.availability_text(),
             f.reads_after.to_string(),
         ]);
