@@ -1035,7 +1035,10 @@ fn assert_every_ack_is_read_back(ledger: &faultline::ledger::LedgerReader) {
 fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
     use faultline::ledger::LedgerReader;
     let runs = runs_dir("soak-sigkill");
-    let mut child = Command::new(BIN)
+    // On a fresh machine the soak first builds Garage (minutes): do that
+    // outside the 60 s below.
+    faultline_ok(&["install"]);
+    let child = Command::new(BIN)
         .args([
             "soak",
             "--duration",
@@ -1052,6 +1055,8 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Any panic below must not leave a 10-minute soak (and its nodes) behind.
+    let mut guard = KillOnDrop(Some(child));
     // Wait (bounded) until operations are being committed.
     let deadline = Instant::now() + Duration::from_secs(60);
     let ledger_path = loop {
@@ -1075,6 +1080,7 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
         }
     };
     let pids = node_pids(ledger_path.parent().unwrap());
+    let mut child = guard.0.take().expect("the guard holds the child");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGKILL,
@@ -1339,6 +1345,8 @@ fn a_gate_through_the_mutating_proxy_fails_with_the_witness_in_its_report() {
 /// and the stopped node's PID.
 fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
     use faultline::ledger::LedgerReader;
+    // Garage's first build must not count against the 90 s below.
+    faultline_ok(&["install"]);
     let child = Command::new(BIN)
         .args([
             "gate",
