@@ -266,13 +266,7 @@ async fn one_phase(
 ) -> Result<Phase, Error> {
     let mode = if full { "full" } else { "raw" };
     let seed = seed + u64::from(round);
-    let run_name = cluster
-        .run_dir()
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let prefix = format!("faultline/{run_name}/bench-{round}-{mode}/");
+    let prefix = format!("{}bench-{round}-{mode}/", cluster.run_prefix());
     let timeouts = Workload::s3_timeouts(wl);
     let clients = cluster
         .s3

@@ -22,13 +22,16 @@ const PORTS: [&str; 3] = ["s3", "rpc", "admin"];
 /// (errored blocks) or only stay within the profile's backlog bound (the
 /// merkle updater, which a busy cluster is never quite done with).
 const GATE_METRICS: [(&str, &str, bool); 2] = [
-    ("block_resync_errored_blocks", "errored resync blocks", true),
+    ("block_resync_errored_blocks", ERRORED_BLOCKS, true),
     (
         "table_merkle_updater_todo_queue_length",
         "table sync (merkle updater) backlog",
         false,
     ),
 ];
+
+/// The gate condition of errored resync blocks.
+pub const ERRORED_BLOCKS: &str = "errored resync blocks";
 
 pub struct Garage {
     bin: PathBuf,
@@ -290,6 +293,21 @@ impl Garage {
                 token: self.secrets.metrics_token.clone(),
             })
             .collect()
+    }
+
+    /// Asks each node to retry its errored blocks now. A block whose
+    /// resync failed while a peer was down (the usual case: the peer was
+    /// being restarted by a fault) waits out a growing backoff, behind
+    /// the resync backlog, before Garage tries it again; this is the
+    /// operator's `garage block retry-now --all`. A block missing
+    /// everywhere fails again, and the gate keeps failing on it.
+    pub async fn retry_errored_blocks(&self, ctx: &Ctx, nodes: &[&Node]) {
+        for node in nodes {
+            let argv = self.cli(node, &["block", "retry-now", "--all"]);
+            if let Err(e) = ctx.run_command("garage block retry-now", &argv, &[]).await {
+                tracing::warn!(node = %node.name, error = %e, "garage block retry-now failed");
+            }
+        }
     }
 
     /// Garage's gate conditions for the nodes whose process runs.

@@ -43,6 +43,11 @@ pub const RUN_DIR_ENV: &str = "FAULTLINE_RUN_DIR";
 
 /// The object every S3 probe writes, outside any workload prefix.
 const PROBE_PREFIX: &str = "faultline-probe/";
+/// How long the recovery gate waits on errored blocks before it has the
+/// nodes retry them now, and between two such requests: Garage itself
+/// retries a failed block after a minute, so this only steps in when the
+/// resync backlog keeps it waiting longer.
+const ERRORED_BLOCKS_RETRY_AFTER: Duration = Duration::from_secs(90);
 
 /// Pause between attempts of a step that is retried until its deadline.
 pub(crate) const RETRY_INTERVAL_MS: u64 = 300;
@@ -353,6 +358,13 @@ impl Cluster {
 
     pub fn run_dir(&self) -> &Path {
         &self.ctx.run_dir
+    }
+
+    /// The key prefix a run's workload writes under: `faultline/<run>/`,
+    /// named after the run directory so two runs never share keys.
+    pub fn run_prefix(&self) -> String {
+        let name = self.ctx.run_dir.file_name().unwrap_or_default();
+        format!("faultline/{}/", name.to_string_lossy())
     }
 
     pub fn booted_in(&self) -> Duration {
@@ -683,6 +695,7 @@ impl Cluster {
     pub async fn wait_recovered(&self, deadline: Duration) -> Result<Recovery, GateFailure> {
         let started = Instant::now();
         let mut checks = 0u32;
+        let mut next_retry = ERRORED_BLOCKS_RETRY_AFTER;
         loop {
             checks += 1;
             let unmet = self.gate_once().await;
@@ -701,8 +714,31 @@ impl Cluster {
                 tracing::warn!(%failure, "recovery gate timed out");
                 return Err(failure);
             }
+            if waited >= next_retry {
+                self.retry_errored_blocks(&unmet).await;
+                next_retry = waited + ERRORED_BLOCKS_RETRY_AFTER;
+            }
             let pause = Duration::from_secs(1).min(deadline - waited);
             tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// Garage: has the nodes the gate found with errored blocks retry them.
+    async fn retry_errored_blocks(&self, unmet: &[Unmet]) {
+        let Flavor::Garage(g) = &self.flavor else {
+            return;
+        };
+        let nodes: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| {
+                unmet.iter().any(|u| {
+                    u.condition == garage::ERRORED_BLOCKS && u.node.as_deref() == Some(&n.name)
+                })
+            })
+            .collect();
+        if !nodes.is_empty() {
+            g.retry_errored_blocks(&self.ctx, &nodes).await;
         }
     }
 

@@ -420,12 +420,7 @@ async fn drive(
             |r| format!("on: {}", r.describe())
         )
     ));
-    let run_name = run_dir
-        .file_name()
-        .unwrap_or_default()
-        .to_string_lossy()
-        .into_owned();
-    let prefix = format!("faultline/{run_name}/");
+    let prefix = cluster.run_prefix();
     let oracle_meta = OracleMeta::for_workload(&cfg.profile.oracle, &wl);
     let (online, tap) = Online::start(
         oracle_meta.run_info(seed, prefix.clone(), true),
