@@ -178,6 +178,10 @@ pub struct SoakArgs {
     /// is kept near faults and findings and for the last 10 minutes).
     #[arg(long, value_enum, default_value_t = RetentionMode::Auto)]
     pub retention: RetentionMode,
+    /// With retention: above this many MiB of ledger, history near old
+    /// fault windows is folded too (history near findings never is).
+    #[arg(long, default_value_t = 1024, value_name = "MIB")]
+    pub ledger_budget_mb: u64,
     /// End the workload at the first violation (then verify and report).
     #[arg(long)]
     pub stop_on_violation: bool,
@@ -639,12 +643,14 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         run::FaultMode::Off
     };
     let retention = match args.retention {
-        RetentionMode::On => Some(crate::ledger::Retention::default()),
-        RetentionMode::Off => None,
-        RetentionMode::Auto => {
-            (args.duration >= RETENTION_AUTO_MIN).then(crate::ledger::Retention::default)
-        }
-    };
+        RetentionMode::On => true,
+        RetentionMode::Off => false,
+        RetentionMode::Auto => args.duration >= RETENTION_AUTO_MIN,
+    }
+    .then(|| crate::ledger::Retention {
+        budget_bytes: args.ledger_budget_mb << 20,
+        ..Default::default()
+    });
     let reproduce = format!(
         "faultline soak --profile {} --seed {} --duration {}{}{}{}",
         boot.profile.display(),

@@ -30,7 +30,10 @@ use crate::history::{ErrorClass, OpKind, Origin, Outcome};
 pub mod retention;
 pub use retention::{Pruned, Retention};
 
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
+/// The oldest schema this faultline still reads: version 4 only added
+/// `fault_folded`, which readers treat as empty when absent.
+pub const SCHEMA_VERSION_READ_FROM: i64 = 3;
 
 /// Records queued for the writer before producers wait.
 const QUEUE_MAX: usize = 16_384;
@@ -165,7 +168,7 @@ pub enum LedgerError {
         source: rusqlite::Error,
     },
     #[error(
-        "ledger {path} has schema version {found}, this faultline reads version {SCHEMA_VERSION}"
+        "ledger {path} has schema version {found}, this faultline reads versions {SCHEMA_VERSION_READ_FROM} to {SCHEMA_VERSION}"
     )]
     Version { path: PathBuf, found: i64 },
     #[error("the ledger writer thread stopped: {0}")]
@@ -455,9 +458,7 @@ fn write_loop(
     // The run's clock as far as the ledger knows it: the latest return.
     let mut now_ns = 0u64;
     let mut pruned_at_ns = 0u64;
-    // The horizon of the last pruning pass: everything before it was seen.
-    let mut pruned_to_ns = 0u64;
-    let mut pruned = Pruned::default();
+    let mut progress = retention::Progress::default();
     while let Ok(first) = rx.recv() {
         // Group commit: what arrives within COMMIT_EVERY of the first
         // record shares its transaction (a flush commits at once).
@@ -501,16 +502,19 @@ fn write_loop(
         if let Some(r) = &retention
             && now_ns >= pruned_at_ns + r.every_ms * 1_000_000
         {
-            let (p, to) = retention::prune(&tx, r, pruned_to_ns, now_ns).map_err(sql_err(path))?;
-            pruned.reads += p.reads;
-            pruned.writes += p.writes;
+            retention::prune(&tx, r, &mut progress, now_ns).map_err(sql_err(path))?;
             pruned_at_ns = now_ns;
-            pruned_to_ns = to;
+            let p = progress.pruned;
             write_record(
                 &tx,
                 &Record::Meta {
                     key: "retention_pruned".into(),
-                    value: format!("{} reads, {} writes", pruned.reads, pruned.writes),
+                    value: format!(
+                        "{} reads, {} writes; before {} s only history near findings kept",
+                        p.reads,
+                        p.writes,
+                        progress.folded_to_ns / 1_000_000_000
+                    ),
                 },
             )
             .map_err(sql_err(path))?;
@@ -675,7 +679,7 @@ impl LedgerReader {
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql_err(path))?;
-        if version != SCHEMA_VERSION {
+        if !(SCHEMA_VERSION_READ_FROM..=SCHEMA_VERSION).contains(&version) {
             return Err(LedgerError::Version {
                 path: path.to_path_buf(),
                 found: version,
@@ -689,6 +693,13 @@ impl LedgerReader {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// Whether the ledger has this table (older schemas lack some).
+    pub fn has_table(&self, name: &str) -> Result<bool, LedgerError> {
+        Ok(self.count(&format!(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = '{name}'"
+        ))? > 0)
     }
 
     pub fn path(&self) -> &Path {

@@ -385,7 +385,13 @@ impl Report {
             ("operations", format!("{total} ({ok} ok)")),
             ("contract", contract),
             ("faults", self.faults.len().to_string()),
-            ("retention", self.meta("retention").to_string()),
+            (
+                "retention",
+                match self.meta("retention_pruned") {
+                    "" => self.meta("retention").to_string(),
+                    pruned => format!("{}; pruned: {pruned}", self.meta("retention")),
+                },
+            ),
             ("faultline", self.meta("tool_version").to_string()),
         ]
     }

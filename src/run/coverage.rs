@@ -69,6 +69,7 @@ impl FaultCoverage {
 /// Every fault window of a ledger with its coverage, in order.
 pub fn fault_coverage(ledger: &LedgerReader) -> Result<Vec<FaultCoverage>, LedgerError> {
     let faults = ledger.faults()?;
+    let has_folded = ledger.has_table("fault_folded")?;
     let mut out = Vec::new();
     for (i, f) in faults.iter().enumerate() {
         let end = f.t_recovered_ns.or(f.t_end_ns).unwrap_or(i64::MAX as u64);
@@ -86,6 +87,16 @@ pub fn fault_coverage(ledger: &LedgerReader) -> Result<Vec<FaultCoverage>, Ledge
             ))?,
             None => 0,
         };
+        // What retention folded away still counts.
+        let folded = |column: &str| {
+            if !has_folded {
+                return Ok(0);
+            }
+            ledger.count(&format!(
+                "SELECT coalesce(sum({column}), 0) FROM fault_folded WHERE fault_id = {}",
+                f.id
+            ))
+        };
         out.push(FaultCoverage {
             id: f.id,
             kind: f.kind.clone(),
@@ -93,9 +104,9 @@ pub fn fault_coverage(ledger: &LedgerReader) -> Result<Vec<FaultCoverage>, Ledge
             t_start_ns: f.t_start_ns,
             t_recovered_ns: f.t_recovered_ns,
             recovery_ms: f.recovery_ms,
-            ops_in_window: in_window("")? as u64,
-            ok_in_window: in_window("AND outcome = 'ok'")? as u64,
-            reads_after: reads_after as u64,
+            ops_in_window: (in_window("")? + folded("ops_in_window")?) as u64,
+            ok_in_window: (in_window("AND outcome = 'ok'")? + folded("ok_in_window")?) as u64,
+            reads_after: (reads_after + folded("reads_after")?) as u64,
         });
     }
     Ok(out)
