@@ -393,6 +393,8 @@ impl Past {
 #[derive(Debug, Default)]
 struct KeyHist {
     name: Arc<str>,
+    /// `key_tag(name)`.
+    key_tag: u64,
     owner: u32,
     /// Candidate writes (`ok`, `ambiguous`) still needed, by generation.
     writes: Vec<Write>,
@@ -553,6 +555,64 @@ fn gen_str(g: Option<u64>) -> String {
     g.map_or("none".into(), |g| format!("g{g}"))
 }
 
+/// Invocation times of the reads waiting to be judged, counted in
+/// buckets a power of two wide (about a thousandth of the longest read):
+/// the earliest bucket's start bounds the pruning horizon from below, at
+/// O(1) per read where an ordered map cost a search on each add and
+/// remove.
+#[derive(Debug)]
+struct Invokes {
+    shift: u32,
+    /// The bucket `counts[0]` counts.
+    first: u64,
+    counts: VecDeque<u32>,
+    total: usize,
+}
+
+impl Invokes {
+    fn new(read_span_max_ns: u64) -> Invokes {
+        Invokes {
+            shift: (read_span_max_ns / 1024).max(1).ilog2(),
+            first: 0,
+            counts: VecDeque::new(),
+            total: 0,
+        }
+    }
+
+    fn add(&mut self, t: u64) {
+        let b = t >> self.shift;
+        if self.counts.is_empty() {
+            self.first = b;
+        }
+        while b < self.first {
+            self.counts.push_front(0);
+            self.first -= 1;
+        }
+        let i = (b - self.first) as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        self.counts[i] += 1;
+        self.total += 1;
+    }
+
+    /// Removes one read invoked at `t` (which `add` counted).
+    fn remove(&mut self, t: u64) {
+        let i = ((t >> self.shift) - self.first) as usize;
+        self.counts[i] -= 1;
+        self.total -= 1;
+        while self.counts.front() == Some(&0) {
+            self.counts.pop_front();
+            self.first += 1;
+        }
+    }
+
+    /// No waiting read was invoked before this.
+    fn earliest(&self) -> Option<u64> {
+        (!self.counts.is_empty()).then(|| self.first << self.shift)
+    }
+}
+
 /// The streaming checker. Feed every operation in ledger order with
 /// `observe`, collect findings with `take_findings`, end with `finish`.
 pub struct Oracle {
@@ -574,8 +634,8 @@ pub struct Oracle {
     waiting_owner: Vec<VecDeque<OpRecord>>,
     /// LIST pages and reads of keys nobody wrote yet, waiting for everyone.
     waiting_all: VecDeque<OpRecord>,
-    /// Invocation times of waiting reads (time → count), for pruning.
-    waiting_invokes: BTreeMap<u64, u32>,
+    /// Invocation times of waiting reads, for pruning.
+    waiting_invokes: Invokes,
     coverage: Coverage,
     out: Vec<Finding>,
 }
@@ -585,7 +645,6 @@ impl Oracle {
         let workers = info.workers as usize;
         Oracle {
             run_tag: run_tag(info.seed),
-            info,
             index: HashMap::default(),
             ordered: BTreeMap::new(),
             hists: Vec::new(),
@@ -595,9 +654,10 @@ impl Oracle {
             now_ns: 0,
             waiting_owner: (0..workers).map(|_| VecDeque::new()).collect(),
             waiting_all: VecDeque::new(),
-            waiting_invokes: BTreeMap::new(),
+            waiting_invokes: Invokes::new(info.read_span_max_ns),
             coverage: Coverage::default(),
             out: Vec::new(),
+            info,
         }
     }
 
@@ -621,7 +681,7 @@ impl Oracle {
 
     /// Reads waiting for a writer to progress past them.
     pub fn waiting(&self) -> usize {
-        self.waiting_invokes.values().map(|n| *n as usize).sum()
+        self.waiting_invokes.total
     }
 
     /// Feeds one operation, in ledger order.
@@ -666,14 +726,16 @@ impl Oracle {
             None => {
                 let i = self.hists.len();
                 let name: Arc<str> = Arc::from(key.as_str());
+                let tag = key_tag(key);
                 self.hists.push(KeyHist {
                     name: name.clone(),
+                    key_tag: tag,
                     owner: op.worker,
                     ..KeyHist::default()
                 });
                 self.index.insert(name.clone(), i);
                 self.ordered.insert(name, i);
-                self.tags.insert(key_tag(key), i);
+                self.tags.insert(tag, i);
                 i
             }
         };
@@ -711,8 +773,8 @@ impl Oracle {
     /// The earliest invocation any read still to be judged can have.
     fn horizon(&self) -> u64 {
         let span = self.now_ns.saturating_sub(self.info.read_span_max_ns);
-        match self.waiting_invokes.keys().next() {
-            Some(&t) => span.min(t),
+        match self.waiting_invokes.earliest() {
+            Some(t) => span.min(t),
             None => span,
         }
     }
@@ -742,12 +804,12 @@ impl Oracle {
                 None => None,
             },
         };
-        *self.waiting_invokes.entry(op.t_invoke_ns).or_default() += 1;
         match owner {
             Some(w) if w < self.waiting_owner.len() => {
                 if self.progress[w] >= op.t_return_ns {
                     self.judge(op, true);
                 } else {
+                    self.waiting_invokes.add(op.t_invoke_ns);
                     self.waiting_owner[w].push_back(op);
                 }
             }
@@ -755,6 +817,7 @@ impl Oracle {
                 if self.global_progress() >= op.t_return_ns {
                     self.judge(op, true);
                 } else {
+                    self.waiting_invokes.add(op.t_invoke_ns);
                     self.waiting_all.push_back(op);
                 }
             }
@@ -779,6 +842,7 @@ impl Oracle {
             .is_some_and(|op| op.t_return_ns <= t)
         {
             let op = self.waiting_owner[w].pop_front().expect("front exists");
+            self.waiting_invokes.remove(op.t_invoke_ns);
             self.judge(op, true);
         }
         if !self.waiting_all.is_empty() {
@@ -789,6 +853,7 @@ impl Oracle {
                 .is_some_and(|op| op.t_return_ns <= all)
             {
                 let op = self.waiting_all.pop_front().expect("front exists");
+                self.waiting_invokes.remove(op.t_invoke_ns);
                 self.judge(op, true);
             }
         }
@@ -803,6 +868,7 @@ impl Oracle {
             .flat_map(std::mem::take)
             .collect();
         waiting.extend(std::mem::take(&mut self.waiting_all));
+        self.waiting_invokes = Invokes::new(self.info.read_span_max_ns);
         // Judge in ledger order, as an online check would have.
         waiting.sort_by_key(|op| op.id);
         for op in waiting {
@@ -811,12 +877,6 @@ impl Oracle {
     }
 
     fn judge(&mut self, op: OpRecord, exact: bool) {
-        if let Some(n) = self.waiting_invokes.get_mut(&op.t_invoke_ns) {
-            *n -= 1;
-            if *n == 0 {
-                self.waiting_invokes.remove(&op.t_invoke_ns);
-            }
-        }
         let is_final = op.origin == Origin::Final;
         let findings = if op.kind == OpKind::List {
             match self.check_page(&op) {
@@ -914,7 +974,12 @@ impl Oracle {
     }
 
     fn slice_sha(&self, key: &str, generation: u64, size: u64, start: u64, end: u64) -> [u8; 32] {
-        let body = Body::new(self.info.seed, key, generation, size);
+        // The key's tag is a sha256 of its name: look it up, don't redo it.
+        let tag = self
+            .index
+            .get(key)
+            .map_or_else(|| key_tag(key), |&i| self.hists[i].key_tag);
+        let body = Body::with_tags(self.info.seed, key, generation, size, tag, self.run_tag);
         if start == 0 && end == size {
             body.sha256()
         } else {
@@ -1200,7 +1265,8 @@ impl Oracle {
     /// Checks one LIST page: its findings and how many keys it covered;
     /// `None` if the page carries no parsable detail.
     fn check_page(&mut self, op: &OpRecord) -> Option<(Vec<Finding>, u64)> {
-        let page: PageView<'_> = serde_json::from_str(op.detail.as_deref()?).ok()?;
+        let view: PageView<'_> = serde_json::from_str(op.detail.as_deref()?).ok()?;
+        let page = view.as_strs();
         let contract = self.info.contract;
         let mut findings = Vec::new();
         let mk = |class: Class,
@@ -1227,7 +1293,7 @@ impl Oracle {
                 ordered = false;
                 findings.push(mk(
                     Class::ListProtocol,
-                    Some(&pair[1].0),
+                    Some(pair[1].0),
                     "keys in strictly increasing order".into(),
                     format!("{} after {}", pair[1].0, pair[0].0),
                     Vec::new(),
@@ -1239,14 +1305,14 @@ impl Oracle {
         {
             findings.push(mk(
                 Class::ListProtocol,
-                Some(&first.0),
+                Some(first.0),
                 format!("keys after {a}"),
                 format!("{} (a continuation that repeats)", first.0),
                 Vec::new(),
             ));
         }
         let upper = if page.truncated {
-            Some(&*entries.last()?.0)
+            Some(entries.last()?.0)
         } else {
             None
         };
@@ -1268,8 +1334,8 @@ impl Oracle {
             phantoms.extend(
                 entries
                     .iter()
-                    .filter(|e| unknown(&e.0))
-                    .map(|e| phantom(&e.0)),
+                    .filter(|e| unknown(e.0))
+                    .map(|e| phantom(e.0)),
             );
         }
         let on_page: HashMap<&str, (u64, Option<&str>)> = if ordered {
@@ -1281,7 +1347,7 @@ impl Oracle {
                 .collect()
         };
         // Every key of the run in the page's range, merged with the sorted entries.
-        let lower = page.after.as_deref().unwrap_or(&self.info.prefix);
+        let lower = page.after.unwrap_or(&self.info.prefix);
         let range = self
             .ordered
             .range::<str, _>((std::ops::Bound::Excluded(lower), std::ops::Bound::Unbounded))
@@ -1294,14 +1360,14 @@ impl Oracle {
             let key: &str = key;
             let kh = &self.hists[i];
             let listed = if ordered {
-                while cursor < entries.len() && &*entries[cursor].0 < key {
-                    if unknown(&entries[cursor].0) {
-                        phantoms.push(phantom(&entries[cursor].0));
+                while cursor < entries.len() && entries[cursor].0 < key {
+                    if unknown(entries[cursor].0) {
+                        phantoms.push(phantom(entries[cursor].0));
                     }
                     cursor += 1;
                 }
                 let hit = cursor < entries.len() && entries[cursor].0 == key;
-                let listed = hit.then(|| (entries[cursor].1, entries[cursor].2.as_deref()));
+                let listed = hit.then(|| (entries[cursor].1, entries[cursor].2));
                 cursor += usize::from(hit);
                 listed
             } else {
@@ -1365,8 +1431,8 @@ impl Oracle {
         }
         if ordered {
             // Entries past the run's last key in range.
-            let rest = entries[cursor..].iter().filter(|e| unknown(&e.0));
-            phantoms.extend(rest.map(|e| phantom(&e.0)));
+            let rest = entries[cursor..].iter().filter(|e| unknown(e.0));
+            phantoms.extend(rest.map(|e| phantom(e.0)));
         }
         findings.extend(phantoms);
         Some((findings, covered))
@@ -1374,14 +1440,70 @@ impl Oracle {
 }
 
 /// The parts of a LIST page's `ListDetail` the check reads, borrowed from
-/// the JSON instead of copied (the check parses every page).
+/// the JSON where they can be (the check parses every page).
 #[derive(Deserialize)]
 struct PageView<'a> {
     #[serde(borrow)]
-    after: Option<Cow<'a, str>>,
+    after: Option<Str<'a>>,
     #[serde(borrow)]
-    keys: Vec<(Cow<'a, str>, u64, Option<Cow<'a, str>>)>,
+    keys: Vec<(Str<'a>, u64, Option<Str<'a>>)>,
     truncated: bool,
+}
+
+/// A page as plain string slices.
+struct Page<'a> {
+    after: Option<&'a str>,
+    keys: Vec<(&'a str, u64, Option<&'a str>)>,
+    truncated: bool,
+}
+
+impl PageView<'_> {
+    fn as_strs(&self) -> Page<'_> {
+        Page {
+            after: self.after.as_deref(),
+            keys: self
+                .keys
+                .iter()
+                .map(|(k, size, etag)| (&**k, *size, etag.as_deref()))
+                .collect(),
+            truncated: self.truncated,
+        }
+    }
+}
+
+/// A JSON string borrowed when it has no escape (keys the workload
+/// writes), copied when it has one (every ETag: `"\"…\""`). serde's own
+/// `Cow<str>` borrows only as a struct's field, never inside a tuple, so
+/// every key of every page was copied.
+struct Str<'a>(Cow<'a, str>);
+
+impl std::ops::Deref for Str<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Str<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
+                Ok(Str(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 /// Could a LIST entry of `size` and `etag` be write `w`? ETags are

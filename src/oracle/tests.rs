@@ -515,6 +515,16 @@ fn each_violation_class_is_named() {
         ),
         &[Class::Phantom],
     );
+    check_row(
+        "phantom: a listed key with characters JSON escapes (the page is still read)",
+        H::default().put("a", 1, 10, (0, 10), Acked).list(
+            (20, 30),
+            None,
+            &[("a", 10), ("z\"\\z", 3)],
+            false,
+        ),
+        &[Class::Phantom],
+    );
 }
 
 #[test]

@@ -54,6 +54,19 @@ pub fn run_tag(seed: u64) -> u32 {
 
 impl Body {
     pub fn new(seed: u64, key: &str, generation: u64, size: u64) -> Body {
+        Body::with_tags(seed, key, generation, size, key_tag(key), run_tag(seed))
+    }
+
+    /// `new` for a caller that already has `key_tag(key)` and
+    /// `run_tag(seed)` (the oracle recomputes many slices of one key).
+    pub fn with_tags(
+        seed: u64,
+        key: &str,
+        generation: u64,
+        size: u64,
+        key_tag: u64,
+        run_tag: u32,
+    ) -> Body {
         let mut h = Sha256::new();
         h.update(b"faultline-body-v1");
         h.update(seed.to_be_bytes());
@@ -62,8 +75,8 @@ impl Body {
         Body {
             size,
             generation,
-            key_tag: key_tag(key),
-            run_tag: run_tag(seed),
+            key_tag,
+            run_tag,
             stream_seed: h.finalize().into(),
         }
     }
