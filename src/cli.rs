@@ -182,6 +182,11 @@ pub struct SoakArgs {
     /// fault windows is folded too (history near findings never is).
     #[arg(long, default_value_t = 1024, value_name = "MIB")]
     pub ledger_budget_mb: u64,
+    /// End the workload (then heal, verify and report; exit 3) when the
+    /// runs directory's filesystem has less than this many MiB free: the
+    /// nodes' data grows with the write rate for as long as the soak runs.
+    #[arg(long, default_value_t = run::MIN_FREE_DISK_MB, value_name = "MIB")]
+    pub min_free_disk_mb: u64,
     /// End the workload at the first violation (then verify and report).
     #[arg(long)]
     pub stop_on_violation: bool,
@@ -670,6 +675,7 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         duration: args.duration,
         faults,
         retention,
+        min_free_disk_mb: args.min_free_disk_mb,
         stop_on_violation: args.stop_on_violation,
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
@@ -715,6 +721,7 @@ async fn gate(args: GateArgs) -> Result<u8, Error> {
         duration: args.max_duration,
         faults: run::FaultMode::Gate,
         retention: None,
+        min_free_disk_mb: run::MIN_FREE_DISK_MB,
         stop_on_violation: !args.keep_going,
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
@@ -755,6 +762,7 @@ async fn selftest(mut args: SelftestArgs) -> Result<u8, Error> {
         duration: args.max_duration,
         faults,
         retention: None,
+        min_free_disk_mb: run::MIN_FREE_DISK_MB,
         stop_on_violation: false,
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,

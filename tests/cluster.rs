@@ -803,6 +803,66 @@ fn only_run_dir(runs: &Path) -> PathBuf {
     dirs[0].clone()
 }
 
+#[test]
+fn a_soak_short_of_disk_stops_heals_verifies_and_exits_3() {
+    use faultline::ledger::LedgerReader;
+    use std::io::Read;
+    let runs = runs_dir("soak-disk-floor");
+    // No filesystem here has this much free: the floor is crossed at once.
+    let mut guard = spawn_run(
+        &[
+            "soak",
+            "--duration",
+            "10m",
+            "--seed",
+            "8",
+            "--faults",
+            "none",
+            "--min-free-disk-mb",
+            "1000000000",
+        ],
+        &runs,
+        Stdio::piped(),
+    );
+    let child = guard.0.as_mut().unwrap();
+    let status = wait_bounded(child, Duration::from_secs(180));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains(
+            "below the floor of 1000000000 MiB (--min-free-disk-mb): stopping the workload"
+        ),
+        "{stderr}"
+    );
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let verdict: serde_json::Value =
+        serde_json::from_str(&ledger.meta("verdict").unwrap().unwrap()).unwrap();
+    assert_eq!(verdict["verdict"], "infrastructure", "{verdict}");
+    assert!(
+        verdict["reason"]
+            .as_str()
+            .unwrap()
+            .contains("--min-free-disk-mb"),
+        "{verdict}"
+    );
+    // Stopping for disk still reads every key back.
+    assert!(
+        ledger
+            .count("SELECT count(*) FROM ops WHERE origin = 'final'")
+            .unwrap()
+            > 0
+    );
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+    drop_node_data(&run);
+}
+
 /// Frees the disk a passed test's nodes used; the ledger and logs stay.
 fn drop_node_data(run_dir: &Path) {
     for node in std::fs::read_dir(run_dir.join("nodes")).unwrap().flatten() {
@@ -1035,28 +1095,11 @@ fn assert_every_ack_is_read_back(ledger: &faultline::ledger::LedgerReader) {
 fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
     use faultline::ledger::LedgerReader;
     let runs = runs_dir("soak-sigkill");
-    // On a fresh machine the soak first builds Garage (minutes): do that
-    // outside the 60 s below.
-    faultline_ok(&["install"]);
-    let child = Command::new(BIN)
-        .args([
-            "soak",
-            "--duration",
-            "10m",
-            "--workers",
-            "6",
-            "--seed",
-            "9",
-            "--runs-dir",
-        ])
-        .arg(&runs)
-        .current_dir(repo(""))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Any panic below must not leave a 10-minute soak (and its nodes) behind.
-    let mut guard = KillOnDrop(Some(child));
+    let mut guard = spawn_run(
+        &["soak", "--duration", "10m", "--workers", "6", "--seed", "9"],
+        &runs,
+        Stdio::null(),
+    );
     // Wait (bounded) until operations are being committed.
     let deadline = Instant::now() + Duration::from_secs(60);
     let ledger_path = loop {
@@ -1345,10 +1388,8 @@ fn a_gate_through_the_mutating_proxy_fails_with_the_witness_in_its_report() {
 /// and the stopped node's PID.
 fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
     use faultline::ledger::LedgerReader;
-    // Garage's first build must not count against the 90 s below.
-    faultline_ok(&["install"]);
-    let child = Command::new(BIN)
-        .args([
+    let mut guard = spawn_run(
+        &[
             "gate",
             "--seed",
             "6",
@@ -1360,16 +1401,10 @@ fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
             "120s",
             "--workers",
             "4",
-            "--runs-dir",
-        ])
-        .arg(runs)
-        .current_dir(repo(""))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Any panic below must not leave the runner (and its nodes) behind.
-    let mut guard = KillOnDrop(Some(child));
+        ],
+        runs,
+        Stdio::null(),
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         assert!(
@@ -1414,6 +1449,23 @@ fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
             return (child, run, pid);
         }
     }
+}
+
+/// Starts `faultline ARGS --runs-dir RUNS` (Garage built first, so a
+/// test's timed waits never include the build), held so that a failing
+/// test kills it.
+fn spawn_run(args: &[&str], runs: &Path, stderr: Stdio) -> KillOnDrop {
+    faultline_ok(&["install"]);
+    let child = Command::new(BIN)
+        .args(args)
+        .arg("--runs-dir")
+        .arg(runs)
+        .current_dir(repo(""))
+        .stdout(Stdio::null())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    KillOnDrop(Some(child))
 }
 
 /// Kills and reaps a child process of a test when dropped, unless taken.

@@ -99,6 +99,9 @@ pub struct RunConfig {
     pub duration: Duration,
     pub faults: FaultMode,
     pub retention: Option<Retention>,
+    /// End the workload when the run directory's filesystem has less
+    /// than this free (MiB).
+    pub min_free_disk_mb: u64,
     /// End the workload at the first finding.
     pub stop_on_violation: bool,
     pub progress_every: Duration,
@@ -114,6 +117,16 @@ pub struct RunConfig {
     /// Send the workload through the self-test's proxy and inject this bug
     /// once, after a warm-up, to see a run fail.
     pub inject: Option<crate::selftest::proxy::Mutation>,
+}
+
+/// The default floor of free disk under the runs directory (MiB): below
+/// it, a run ends its workload rather than fill the host's disk.
+pub const MIN_FREE_DISK_MB: u64 = 2048;
+
+/// Bytes free to an unprivileged writer on the filesystem holding `path`.
+pub fn free_disk_bytes(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 /// How long a run warms up before `inject` arms its bug.
@@ -561,6 +574,7 @@ async fn drive(
     let mut finished_early = None;
     let mut ended_by = "the duration ended";
     let mut interrupted = false;
+    let mut disk_low = None;
     // The self-test's phase 1 runs before any fault; the faults wait.
     let (phase2_tx, mut phase2_rx) = tokio::sync::watch::channel(!cfg.selftest);
     let mut caught = None;
@@ -633,7 +647,22 @@ async fn drive(
                     break;
                 }
                 r = &mut running => { finished_early = Some(r); break; }
-                _ = snapshot.tick() => record_metrics(&ledger, &stats, clock),
+                _ = snapshot.tick() => {
+                    record_metrics(&ledger, &stats, clock);
+                    let floor = cfg.min_free_disk_mb << 20;
+                    if let Some(free) = free_disk_bytes(&run_dir).filter(|f| *f < floor) {
+                        let why = format!(
+                            "{} MiB free on the filesystem of {}, below the floor of {} MiB (--min-free-disk-mb)",
+                            free >> 20,
+                            run_dir.display(),
+                            cfg.min_free_disk_mb
+                        );
+                        crate::console::say(&format!("faultline: {why}: stopping the workload"));
+                        disk_low = Some(why);
+                        ended_by = "the disk is nearly full";
+                        break;
+                    }
+                }
                 _ = node_metrics.tick() => {
                     let label = format!("at-{:05}s", clock.elapsed().as_secs());
                     crate::cluster::snapshot_metrics(&http, &metrics_targets, &run_dir, &label).await;
@@ -705,7 +734,11 @@ async fn drive(
     if let Some(why) = &infra {
         crate::console::say(&format!("faultline: {why}"));
     }
-    if infra.is_none() {
+    // Short of disk the cluster still heals and every key is still read
+    // back (reads need no disk); the run then fails as infrastructure.
+    let heal = infra.is_none();
+    infra = infra.or(disk_low);
+    if heal {
         let gate = tokio::select! {
             g = cluster.wait_recovered(recovery_deadline) => g,
             _ = interrupts.next() => return Err(Error::Interrupted),
