@@ -12,6 +12,7 @@
 
 pub mod body;
 pub mod plan;
+pub mod route;
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -25,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::history::{
-    ListDetail, OpKind, Origin, Outcome, TraceDetail, classify_error, classify_status,
+    ErrorClass, ListDetail, OpKind, Origin, Outcome, TraceDetail, classify_error, classify_status,
 };
 use crate::ledger::{Ledger, LedgerError, ObjectRecord, OpRecord, Record};
 use crate::s3::{self, Failure, GENERATION_HEADER, Keep, Payload, Response, S3Client};
@@ -165,6 +166,9 @@ pub struct Workload {
     /// node replaced by a spare), so they are swapped under a lock.
     clients: std::sync::RwLock<Vec<Arc<S3Client>>>,
     endpoints: usize,
+    /// Which endpoints answer, to route the workload around one that
+    /// does not (`route`).
+    health: route::EndpointHealth,
     ledger: Ledger,
     clock: Instant,
     budget: ByteBudget,
@@ -294,7 +298,9 @@ impl Workload {
         clock: Instant,
     ) -> Arc<Workload> {
         let budget = cfg.write_bytes_per_s_max;
+        let health = route::EndpointHealth::new(clients.len(), cfg.total_timeout_ms);
         Arc::new(Workload {
+            health,
             cfg,
             seed,
             prefix,
@@ -317,6 +323,13 @@ impl Workload {
         // itself is still whole.
         let clients = self.clients.read().unwrap_or_else(|e| e.into_inner());
         clients[ep].clone()
+    }
+
+    /// The endpoint a request planned for `planned` goes to: another one
+    /// while `planned` does not answer.
+    fn route(&self, planned: usize) -> usize {
+        self.health
+            .route(planned, self.clock.elapsed().as_millis() as u64)
     }
 
     /// Sends what went to endpoint `old` to `new` from now on.
@@ -385,7 +398,7 @@ impl Workload {
         let mut delay_rng = substream(self.seed, "worker-readback-delay", u64::from(w));
         while !*stop.borrow() {
             let plan = planner.next_plan();
-            let ep = planner.next_endpoint(self.endpoints);
+            let ep = self.route(planner.next_endpoint(self.endpoints));
             let acked = match plan {
                 Plan::Write { key, size } => {
                     if self.over_watermark() || !self.budget.take(size) {
@@ -456,7 +469,7 @@ impl Workload {
                     let Some(Reverse((_, j))) = due.pop() else { continue };
                     // Choices are drawn here, in due order, from the
                     // worker's read-back stream.
-                    let ep = rng.random_range(0..self.endpoints);
+                    let ep = self.route(rng.random_range(0..self.endpoints));
                     let how = rng.random_range(0..4u32);
                     let suffix = rng.random_range(1..4096u64);
                     let this = self.clone();
@@ -535,11 +548,24 @@ impl Workload {
         payload: Payload<'_>,
         keep: Keep,
     ) -> Exchanged {
-        match self
+        let result = self
             .client(ep)
             .exchange(method, key, query, headers, payload, keep)
-            .await
-        {
+            .await;
+        match &result {
+            Ok(_) => self.health.answered(ep),
+            Err(f)
+                if matches!(
+                    f.error.class,
+                    ErrorClass::NotSent | ErrorClass::Timeout | ErrorClass::Transport
+                ) =>
+            {
+                self.health
+                    .unanswered(ep, self.clock.elapsed().as_millis() as u64)
+            }
+            Err(_) => {}
+        }
+        match result {
             Ok(resp) => Exchanged {
                 outcome: classify_status(kind, resp.status.as_u16()).0,
                 t_invoke: resp.t_invoke,
