@@ -219,6 +219,29 @@ async fn garage3_boots_serves_s3_and_gates_a_killed_node() {
         "spares must not start"
     );
     assert_put_get_everywhere(&cluster).await;
+    // Every node resyncs (and frees deleted blocks) at the profile's pace,
+    // not Garage's default tranquility of 2 with one worker.
+    let garage =
+        provision::cached_binary(&provision::default_cache_dir(), "garage", "2.5.0", "garage");
+    for node in cluster.nodes.iter().filter(|n| !n.spare) {
+        let out = Command::new(&garage)
+            .arg("-c")
+            .arg(node.dir.join("garage.toml"))
+            .args(["worker", "get"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let var = |name: &str| -> Vec<String> {
+            text.lines()
+                .map(|l| l.split_whitespace().collect::<Vec<_>>())
+                .filter(|f| f.get(1) == Some(&name))
+                .map(|f| f[2].to_string())
+                .collect()
+        };
+        // `worker get` shows the node's own values.
+        assert_eq!(var("resync-tranquility"), ["0"], "{text}");
+        assert_eq!(var("resync-worker-count"), ["4"], "{text}");
+    }
 
     // The run directory holds what the issue promises.
     let run = cluster.run_dir().to_path_buf();

@@ -164,6 +164,32 @@ impl Garage {
         ];
         ctx.retry_command(first, "garage bucket allow", &self.cli(first, &allow))
             .await?;
+        self.set_resync(ctx, first, true).await
+    }
+
+    /// Sets the profile's resync tranquility and worker count on `node`,
+    /// or with `all` on every node it is connected to. Garage keeps them
+    /// in the node's metadata, across restarts.
+    async fn set_resync(&self, ctx: &Ctx, node: &Node, all: bool) -> Result<(), ClusterError> {
+        let values = [
+            (
+                "resync-tranquility",
+                self.settings.resync_tranquility.to_string(),
+            ),
+            (
+                "resync-worker-count",
+                self.settings.resync_worker_count.to_string(),
+            ),
+        ];
+        for (var, value) in &values {
+            let mut args = vec!["worker", "set"];
+            if all {
+                args.push("-a");
+            }
+            args.extend([*var, value.as_str()]);
+            ctx.retry_command(node, "garage worker set", &self.cli(node, &args))
+                .await?;
+        }
         Ok(())
     }
 
@@ -209,7 +235,7 @@ impl Garage {
             &self.cli(via, &["layout", "skip-dead-nodes", "--version", &version]),
         )
         .await?;
-        Ok(())
+        self.set_resync(ctx, spare, false).await
     }
 
     /// Reads a started node's `id@addr` and remembers it.
