@@ -778,16 +778,11 @@ async fn drive(
         let reader = LedgerReader::open(&ledger_path)?;
         coverage::fault_coverage(&reader)?
     };
-    let skipped: Vec<String> = fault_status
+    let skipped = fault_status
         .lock()
-        .map(|s| {
-            s.skipped
-                .iter()
-                .map(|(k, role, why)| format!("{} on {role} skipped: {why}", k.as_str()))
-                .collect()
-        })
+        .map(|s| s.skipped.clone())
         .unwrap_or_default();
-    let mut plan_gaps = skipped;
+    let mut plan_gaps = skipped_gaps(cfg.faults, &skipped, &faults);
     if cfg.faults == FaultMode::Gate && interrupted {
         plan_gaps.push("interrupted before the fault plan was through".into());
     } else if cfg.faults == FaultMode::Gate && faults.len() + plan_gaps.len() < planned {
@@ -864,6 +859,21 @@ async fn drive(
         verdict: run_verdict,
         selftest,
     })
+}
+
+/// The skipped faults that leave a gap: every one in a gate; in a soak,
+/// whose plan never ends and so outlasts a finite spare pool, only a kind
+/// that never ran.
+fn skipped_gaps(
+    mode: FaultMode,
+    skipped: &[(crate::faults::FaultKind, String, String)],
+    ran: &[coverage::FaultCoverage],
+) -> Vec<String> {
+    skipped
+        .iter()
+        .filter(|(k, _, _)| mode != FaultMode::Soak || !ran.iter().any(|f| f.kind == k.as_str()))
+        .map(|(k, role, why)| format!("{} on {role} skipped: {why}", k.as_str()))
+        .collect()
 }
 
 /// One phrase on the faults for the progress line.
@@ -1206,4 +1216,43 @@ pub fn verify(path: &Path) -> Result<Verified, Error> {
         operations,
         recorded: ledger.findings()?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::faults::FaultKind;
+
+    fn ran(kind: &str) -> coverage::FaultCoverage {
+        coverage::FaultCoverage {
+            id: 1,
+            kind: kind.into(),
+            target: "n1".into(),
+            t_start_ns: 0,
+            t_recovered_ns: Some(1),
+            recovery_ms: Some(1),
+            ops_in_window: 10,
+            ok_in_window: 10,
+            reads_after: 10,
+        }
+    }
+
+    #[test]
+    fn a_soak_that_ran_out_of_spares_has_no_gap_a_gate_does() {
+        let skipped = vec![(
+            FaultKind::Dead,
+            "storage".to_string(),
+            "no spare of role storage left".to_string(),
+        )];
+        let gap = vec!["dead on storage skipped: no spare of role storage left".to_string()];
+        assert_eq!(
+            skipped_gaps(FaultMode::Soak, &skipped, &[ran("dead")]),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            skipped_gaps(FaultMode::Soak, &skipped, &[ran("kill-start")]),
+            gap
+        );
+        assert_eq!(skipped_gaps(FaultMode::Gate, &skipped, &[ran("dead")]), gap);
+    }
 }
