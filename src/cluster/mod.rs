@@ -347,6 +347,14 @@ impl Cluster {
         for endpoint in dedup(all) {
             cluster.probe_until_ready(&endpoint).await?;
         }
+        // A probe's object lives on a few nodes only: Garage is ready once
+        // every node is connected to every other, which its health says.
+        // (garage-5 once answered 503 "Not connected" right after a boot
+        // that had only probed.)
+        if matches!(cluster.flavor, Flavor::Garage(_)) {
+            let deadline = Duration::from_millis(cluster.ctx.timeouts.step_ms);
+            cluster.wait_recovered(deadline).await?;
+        }
         cluster.booted_in = started.elapsed();
         cluster.write_state()?;
         tracing::info!(
