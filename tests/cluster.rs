@@ -789,10 +789,8 @@ async fn the_workload_routes_around_a_silent_endpoint_and_probes_it() {
     silence_b.send(true).unwrap();
     tokio::time::sleep(Duration::from_secs(15)).await;
     silence_b.send(false).unwrap();
-    let child = guard.0.as_mut().unwrap();
-    let status = tokio::task::block_in_place(|| wait_bounded(child, Duration::from_secs(180)));
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    let (status, stderr) =
+        tokio::task::block_in_place(|| guard.wait_with_stderr(Duration::from_secs(180)));
     assert_eq!(status.code(), Some(0), "{stderr}");
     let run = only_run_dir(&runs);
     let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
@@ -950,7 +948,6 @@ fn only_run_dir(runs: &Path) -> PathBuf {
 #[test]
 fn a_soak_short_of_disk_stops_heals_verifies_and_exits_3() {
     use faultline::ledger::LedgerReader;
-    use std::io::Read;
     let runs = runs_dir("soak-disk-floor");
     // No filesystem here has this much free: the floor is crossed at once.
     let mut guard = spawn_run(
@@ -968,15 +965,7 @@ fn a_soak_short_of_disk_stops_heals_verifies_and_exits_3() {
         &runs,
         Stdio::piped(),
     );
-    let child = guard.0.as_mut().unwrap();
-    let status = wait_bounded(child, Duration::from_secs(180));
-    let mut stderr = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
+    let (status, stderr) = guard.wait_with_stderr(Duration::from_secs(180));
     assert_eq!(status.code(), Some(3), "{stderr}");
     assert!(
         stderr.contains(
@@ -986,8 +975,7 @@ fn a_soak_short_of_disk_stops_heals_verifies_and_exits_3() {
     );
     let run = only_run_dir(&runs);
     let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
-    let verdict: serde_json::Value =
-        serde_json::from_str(&ledger.meta("verdict").unwrap().unwrap()).unwrap();
+    let verdict = run_verdict(&ledger);
     assert_eq!(verdict["verdict"], "infrastructure", "{verdict}");
     assert!(
         verdict["reason"]
@@ -997,14 +985,21 @@ fn a_soak_short_of_disk_stops_heals_verifies_and_exits_3() {
         "{verdict}"
     );
     // Stopping for disk still reads every key back.
-    assert!(
-        ledger
-            .count("SELECT count(*) FROM ops WHERE origin = 'final'")
-            .unwrap()
-            > 0
-    );
+    assert!(final_ops(&ledger) > 0);
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
     drop_node_data(&run);
+}
+
+/// The run's verdict as the ledger records it.
+fn run_verdict(ledger: &faultline::ledger::LedgerReader) -> serde_json::Value {
+    serde_json::from_str(&ledger.meta("verdict").unwrap().unwrap()).unwrap()
+}
+
+/// Operations of the final verification in the ledger.
+fn final_ops(ledger: &faultline::ledger::LedgerReader) -> i64 {
+    ledger
+        .count("SELECT count(*) FROM ops WHERE origin = 'final'")
+        .unwrap()
 }
 
 /// Frees the disk a passed test's nodes used; the ledger and logs stay.
@@ -1615,6 +1610,20 @@ fn spawn_run(args: &[&str], runs: &Path, stderr: Stdio) -> KillOnDrop {
 /// Kills and reaps a child process of a test when dropped, unless taken.
 struct KillOnDrop(Option<Child>);
 
+impl KillOnDrop {
+    /// Waits (bounded, as `wait_bounded`) for the held child, then reads
+    /// the standard error it was started with piped.
+    fn wait_with_stderr(&mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let child = self.0.as_mut().expect("the guard holds the child");
+        let status = wait_bounded(child, limit);
+        let mut stderr = String::new();
+        if let Some(mut pipe) = child.stderr.take() {
+            std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
+        }
+        (status, stderr)
+    }
+}
+
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
@@ -1668,15 +1677,9 @@ fn sigterm_mid_stop_start_heals_verifies_and_exits() {
     let faults = fault_rows(&ledger);
     assert_eq!(faults.len(), 1);
     assert!(faults[0].4.is_some() && faults[0].5.is_some(), "{faults:?}");
-    let verdict: serde_json::Value =
-        serde_json::from_str(&ledger.meta("verdict").unwrap().unwrap()).unwrap();
+    let verdict = run_verdict(&ledger);
     assert_eq!(verdict["verdict"], "coverage-gap", "{verdict}");
-    assert!(
-        ledger
-            .count("SELECT count(*) FROM ops WHERE origin = 'final'")
-            .unwrap()
-            > 0
-    );
+    assert!(final_ops(&ledger) > 0);
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
     drop_node_data(&run);
 }

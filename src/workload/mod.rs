@@ -328,8 +328,12 @@ impl Workload {
     /// The endpoint a request planned for `planned` goes to: another one
     /// while `planned` does not answer.
     fn route(&self, planned: usize) -> usize {
-        self.health
-            .route(planned, self.clock.elapsed().as_millis() as u64)
+        self.health.route(planned, self.now_ms())
+    }
+
+    /// Milliseconds on the workload's clock, for endpoint health.
+    fn now_ms(&self) -> u64 {
+        self.clock.elapsed().as_millis() as u64
     }
 
     /// Sends what went to endpoint `old` to `new` from now on.
@@ -560,8 +564,7 @@ impl Workload {
                     ErrorClass::NotSent | ErrorClass::Timeout | ErrorClass::Transport
                 ) =>
             {
-                self.health
-                    .unanswered(ep, self.clock.elapsed().as_millis() as u64)
+                self.health.unanswered(ep, self.now_ms())
             }
             Err(_) => {}
         }

@@ -80,7 +80,8 @@ impl EndpointHealth {
     }
 
     /// Endpoints marked down now.
-    pub fn down(&self) -> usize {
+    #[cfg(test)]
+    fn down(&self) -> usize {
         self.down
             .iter()
             .filter(|d| d.load(Ordering::Relaxed) != 0)
