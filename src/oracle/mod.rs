@@ -38,12 +38,13 @@
 //! oracle recomputes any slice it needs, even of a generation it dropped.
 
 use std::borrow::Cow;
+use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Bound;
 
-/// Keys are trusted strings of our own: a fast hash, not SipHash.
-type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
-use std::sync::Arc;
-
+use compact_str::CompactString;
+/// Keys are trusted strings of our own: a fast hash (foldhash), not SipHash.
+use hashbrown::{HashMap, HashTable};
 use serde::{Deserialize, Serialize};
 
 use crate::history::{OpKind, Origin, Outcome, TraceDetail};
@@ -348,11 +349,154 @@ struct Past {
     outcome: Outcome,
 }
 
+/// A 64-bit digest of an ETag: two different ETags of one key agreeing on
+/// it (odds 2^-64) would pass a LIST entry unchecked.
 fn etag_hash(etag: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::hash::DefaultHasher::new();
-    etag.hash(&mut h);
-    h.finish()
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::default().hash_one(etag)
+}
+
+/// A key as the oracle files it. Every key the workload writes starts with
+/// the run's prefix, so it is kept without it (`w003/k00025`), short
+/// enough to live inline: comparing and ordering keys then reads no memory
+/// but the key's own, where a pointer to each name cost a cache miss per
+/// lookup and per key a LIST page covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct KeyName {
+    /// The key lacks the run's prefix and is kept whole.
+    foreign: bool,
+    rest: CompactString,
+}
+
+/// A borrowed `KeyName`, to look a key up without building one.
+#[derive(Clone, Copy)]
+struct KeyRef<'a> {
+    foreign: bool,
+    rest: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    fn of(prefix: &str, key: &'a str) -> KeyRef<'a> {
+        match key.strip_prefix(prefix) {
+            Some(rest) => KeyRef {
+                foreign: false,
+                rest,
+            },
+            None => KeyRef {
+                foreign: true,
+                rest: key,
+            },
+        }
+    }
+
+    fn owned(&self) -> KeyName {
+        KeyName {
+            foreign: self.foreign,
+            rest: CompactString::new(self.rest),
+        }
+    }
+}
+
+/// Key to key index. The table holds the indices with 32 more bits of
+/// each key's hash (a hundred thousand keys take about a megabyte), the
+/// names sit densely beside it in index order. `guess` trusts the hash
+/// alone, so a lookup made ahead of time touches no name; `is` confirms
+/// the guess when its turn comes.
+#[derive(Default)]
+struct KeyIndex {
+    /// (key index, high half of the key's hash).
+    table: HashTable<(u32, u32)>,
+    names: Vec<KeyName>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl KeyIndex {
+    fn hash(&self, foreign: bool, rest: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one((foreign, rest))
+    }
+
+    fn is(&self, i: u32, k: KeyRef<'_>) -> bool {
+        let n = &self.names[i as usize];
+        n.foreign == k.foreign && n.rest == k.rest
+    }
+
+    fn find(&self, k: KeyRef<'_>) -> Option<u32> {
+        let hash = self.hash(k.foreign, k.rest);
+        self.table
+            .find(hash, |&(i, high)| {
+                high == (hash >> 32) as u32 && self.is(i, k)
+            })
+            .map(|&(i, _)| i)
+    }
+
+    /// The index of a key whose hash matches `k`'s: almost always `k`'s.
+    fn guess(&self, k: KeyRef<'_>) -> Option<u32> {
+        let hash = self.hash(k.foreign, k.rest);
+        self.table
+            .find(hash, |&(_, high)| high == (hash >> 32) as u32)
+            .map(|&(i, _)| i)
+    }
+
+    /// Files a key not filed yet under the next index.
+    fn insert(&mut self, name: KeyName) -> u32 {
+        let i = self.names.len() as u32;
+        let hash = self.hash(name.foreign, &name.rest);
+        self.names.push(name);
+        let (names, hasher) = (&self.names, &self.hasher);
+        self.table
+            .insert_unique(hash, (i, (hash >> 32) as u32), |&(j, _)| {
+                use std::hash::BuildHasher;
+                let n = &names[j as usize];
+                hasher.hash_one((n.foreign, n.rest.as_str()))
+            });
+        i
+    }
+}
+
+/// How full key `key` orders against the run's key `prefix` + `rest`.
+fn cmp_run_key(key: &str, prefix: &str, rest: &str) -> Ordering {
+    match key.strip_prefix(prefix) {
+        Some(k) => k.cmp(rest),
+        None => key.cmp(prefix),
+    }
+}
+
+/// The run's keys (as `rest` after its prefix) a LIST page covers: those
+/// after the page's lower bound `after` and, on a truncated page, up to
+/// its last entry `upper`. `None` when no key with the prefix can be in
+/// the page's range.
+fn run_key_range<'a>(
+    prefix: &str,
+    after: Option<&'a str>,
+    upper: Option<&'a str>,
+) -> Option<(Bound<&'a str>, Bound<&'a str>)> {
+    let lower = match after {
+        // From the prefix on, the prefix itself excluded.
+        None => Bound::Excluded(""),
+        Some(a) => match a.strip_prefix(prefix) {
+            Some(rest) => Bound::Excluded(rest),
+            None if a < prefix => Bound::Unbounded,
+            // Past every key with the prefix.
+            None => return None,
+        },
+    };
+    let upper = match upper {
+        None => Bound::Unbounded,
+        Some(u) => match u.strip_prefix(prefix) {
+            Some(rest) => Bound::Included(rest),
+            None if u < prefix => return None,
+            None => Bound::Unbounded,
+        },
+    };
+    // A page whose last entry is not after its lower bound (a protocol
+    // finding of its own) covers nothing; `BTreeMap::range` would panic.
+    if let (Bound::Excluded(l), Bound::Included(u)) = (lower, upper)
+        && u < l
+    {
+        return None;
+    }
+    Some((lower, upper))
 }
 
 impl Past {
@@ -392,7 +536,7 @@ impl Past {
 /// What the oracle keeps of one key.
 #[derive(Debug, Default)]
 struct KeyHist {
-    name: Arc<str>,
+    name: Box<str>,
     /// `key_tag(name)`.
     key_tag: u64,
     owner: u32,
@@ -454,6 +598,63 @@ impl KeyHist {
             self.observed_floor = self.observed_floor.max(g);
             self.observed.pop_front();
         }
+    }
+}
+
+/// A key's newest candidate write as a LIST page needs it, kept densely
+/// apart from the key's history: a page's walk over the keys it covers
+/// reads one small record per key (all asked for at once, see
+/// `check_page`) and, in the common case that the write was acknowledged
+/// before the page was asked for, no more.
+#[derive(Debug, Clone, Copy, Default)]
+struct Newest {
+    /// Reads invoked before this are too old to judge (`KeyHist`'s).
+    dropped_before_ns: u64,
+    t_return: u64,
+    size: u64,
+    etag: Option<u64>,
+    /// The key has a newest candidate write and it was acknowledged.
+    acked: bool,
+    deleted: bool,
+}
+
+impl Newest {
+    fn of(kh: &KeyHist) -> Newest {
+        let dropped_before_ns = kh.dropped_before_ns;
+        match kh.writes.last() {
+            Some(w) => Newest {
+                dropped_before_ns,
+                t_return: w.t_return,
+                size: w.size,
+                etag: w.etag.as_deref().map(etag_hash),
+                acked: w.outcome == Outcome::Ok,
+                deleted: w.deleted,
+            },
+            None => Newest {
+                dropped_before_ns,
+                ..Newest::default()
+            },
+        }
+    }
+
+    /// Under read-after-write, is `listed` (the key's entry on a page
+    /// invoked at `t_invoke`, or none) certainly allowed because this
+    /// acknowledged write is the only value allowed and it shows it? When
+    /// false the page is judged on the key's whole history.
+    fn shows(&self, t_invoke: u64, listed: Option<(u64, Option<&str>)>) -> bool {
+        self.acked
+            && self.t_return < t_invoke
+            && match listed {
+                None => self.deleted,
+                Some((size, etag)) => {
+                    !self.deleted
+                        && self.size == size
+                        && match (self.etag, etag) {
+                            (Some(a), Some(b)) => a == etag_hash(b),
+                            _ => true,
+                        }
+                }
+            }
     }
 }
 
@@ -618,11 +819,13 @@ impl Invokes {
 pub struct Oracle {
     info: RunInfo,
     run_tag: u32,
-    /// Every key any write named: its index into `hists`, for lookups...
-    index: HashMap<Arc<str>, usize>,
-    /// ...and in order, for the key range of a LIST page.
-    ordered: BTreeMap<Arc<str>, usize>,
+    /// Every key any write named: its index into `hists` and `newest`...
+    index: KeyIndex,
+    /// ...and the run's keys, without the prefix, in order, for the key
+    /// range of a LIST page.
+    ordered: BTreeMap<CompactString, u32>,
     hists: Vec<KeyHist>,
+    newest: Vec<Newest>,
     /// Key tag to key index, to name whose bytes a misdirected read got.
     tags: HashMap<u64, usize>,
     /// Per worker: the latest return of its own (`worker`-origin) operations.
@@ -630,8 +833,8 @@ pub struct Oracle {
     /// Every worker has stopped (the final verification began).
     quiescent: bool,
     now_ns: u64,
-    /// Reads waiting for their key's owner, per owner.
-    waiting_owner: Vec<VecDeque<OpRecord>>,
+    /// Reads waiting for their key's owner, per owner, with their key.
+    waiting_owner: Vec<VecDeque<(u32, OpRecord)>>,
     /// LIST pages and reads of keys nobody wrote yet, waiting for everyone.
     waiting_all: VecDeque<OpRecord>,
     /// Invocation times of waiting reads, for pruning.
@@ -645,9 +848,10 @@ impl Oracle {
         let workers = info.workers as usize;
         Oracle {
             run_tag: run_tag(info.seed),
-            index: HashMap::default(),
+            index: KeyIndex::default(),
             ordered: BTreeMap::new(),
             hists: Vec::new(),
+            newest: Vec::new(),
             tags: HashMap::default(),
             progress: vec![0; workers],
             quiescent: false,
@@ -686,6 +890,60 @@ impl Oracle {
 
     /// Feeds one operation, in ledger order.
     pub fn observe(&mut self, op: OpRecord) {
+        let key = op.key.as_deref().and_then(|k| self.find(k));
+        self.observe_found(op, key);
+    }
+
+    /// Feeds operations in ledger order, as `observe` one by one would,
+    /// draining `ops`, but looks each key up `LOOKAHEAD` operations before
+    /// its turn and asks for its history then: over many keys each lookup
+    /// is a few cache misses, which this lets the processor serve while it
+    /// judges the operations before.
+    pub fn observe_all(&mut self, ops: &mut Vec<OpRecord>) {
+        const LOOKAHEAD: usize = 16;
+        // Guessed key indices, by position in `ops` modulo LOOKAHEAD.
+        let mut guessed = [None; LOOKAHEAD];
+        let prefix = self.info.prefix.clone();
+        let mut ops = ops.drain(..);
+        for (j, op) in ops.as_slice().iter().take(LOOKAHEAD).enumerate() {
+            guessed[j] = self.look_ahead(&prefix, op);
+        }
+        let mut j = 0;
+        while let Some(op) = ops.next() {
+            let key = guessed[j % LOOKAHEAD];
+            let rest = ops.as_slice();
+            guessed[j % LOOKAHEAD] = rest
+                .get(LOOKAHEAD - 1)
+                .and_then(|a| self.look_ahead(&prefix, a));
+            // Halfway, the history is at hand: ask for its newest write.
+            if let Some(i) = guessed[(j + LOOKAHEAD / 2) % LOOKAHEAD]
+                && rest.len() >= LOOKAHEAD / 2
+                && let Some(w) = self.hists[i].writes.last()
+            {
+                prefetch(w);
+            }
+            self.observe_found(op, key);
+            j += 1;
+        }
+    }
+
+    /// The index `op`'s key probably has, its history asked for.
+    fn look_ahead(&self, prefix: &str, op: &OpRecord) -> Option<usize> {
+        let i = self.index.guess(KeyRef::of(prefix, op.key.as_deref()?))? as usize;
+        prefetch(&self.index.names[i]);
+        prefetch(&self.hists[i]);
+        prefetch(&self.newest[i]);
+        Some(i)
+    }
+
+    /// `observe` of an operation whose key has index `key`, if it had one
+    /// when looked up (a write before it may have created it since), or
+    /// probably has it (`KeyIndex::guess`).
+    fn observe_found(&mut self, op: OpRecord, key: Option<usize>) {
+        let key = op.key.as_deref().and_then(|k| match key {
+            Some(i) if self.index.is(i as u32, KeyRef::of(&self.info.prefix, k)) => Some(i),
+            _ => self.find(k),
+        });
         self.now_ns = self.now_ns.max(op.t_return_ns);
         if op.origin == Origin::Final && !self.quiescent {
             // The workers have all stopped: nothing more is in flight.
@@ -695,9 +953,9 @@ impl Oracle {
         let progressed = (op.origin == Origin::Worker && !self.quiescent)
             .then_some((op.worker as usize, op.t_return_ns));
         if op.kind.is_write() {
-            self.add_write(&op);
+            self.add_write(&op, key);
         } else {
-            self.route_read(op);
+            self.route_read(op, key);
         }
         if let Some((w, t)) = progressed {
             self.advance(w, t);
@@ -717,24 +975,27 @@ impl Oracle {
         }
     }
 
-    fn add_write(&mut self, op: &OpRecord) {
+    fn add_write(&mut self, op: &OpRecord, found: Option<usize>) {
         let (Some(key), Some(generation)) = (&op.key, op.generation) else {
             return;
         };
-        let i = match self.index.get(key.as_str()) {
-            Some(&i) => i,
+        let i = match found {
+            Some(i) => i,
             None => {
                 let i = self.hists.len();
-                let name: Arc<str> = Arc::from(key.as_str());
+                let name = KeyRef::of(&self.info.prefix, key).owned();
                 let tag = key_tag(key);
                 self.hists.push(KeyHist {
-                    name: name.clone(),
+                    name: key.as_str().into(),
                     key_tag: tag,
                     owner: op.worker,
                     ..KeyHist::default()
                 });
-                self.index.insert(name.clone(), i);
-                self.ordered.insert(name, i);
+                self.newest.push(Newest::default());
+                if !name.foreign {
+                    self.ordered.insert(name.rest.clone(), i as u32);
+                }
+                self.index.insert(name);
                 self.tags.insert(tag, i);
                 i
             }
@@ -768,6 +1029,14 @@ impl Oracle {
         let at = kh.writes.partition_point(|w| w.generation < generation);
         kh.writes.insert(at, write);
         kh.prune(horizon);
+        self.newest[i] = Newest::of(kh);
+    }
+
+    /// The index of a key some write named.
+    fn find(&self, key: &str) -> Option<usize> {
+        self.index
+            .find(KeyRef::of(&self.info.prefix, key))
+            .map(|i| i as usize)
     }
 
     /// The earliest invocation any read still to be judged can have.
@@ -779,7 +1048,7 @@ impl Oracle {
         }
     }
 
-    fn route_read(&mut self, op: OpRecord) {
+    fn route_read(&mut self, op: OpRecord, found: Option<usize>) {
         if op.outcome != Outcome::Ok {
             if op.origin == Origin::Final {
                 self.judge_unrecoverable(&op);
@@ -788,34 +1057,29 @@ impl Oracle {
             }
             return;
         }
+        let key = if op.kind == OpKind::List { None } else { found };
         if self.quiescent {
-            self.judge(op, true);
+            self.judge(op, key, true);
             return;
         }
-        let owner = match (&op.key, op.kind) {
-            (_, OpKind::List) | (None, _) => None,
-            (Some(key), _) => match self.index.get(key.as_str()) {
-                Some(&i) => Some(self.hists[i].owner as usize),
-                // Absent is what a never-written key is: nothing to wait for.
-                None if op.http_status == Some(404) => {
-                    self.judge(op, true);
-                    return;
-                }
-                None => None,
-            },
-        };
+        if key.is_none() && op.kind != OpKind::List && op.http_status == Some(404) {
+            // Absent is what a never-written key is: nothing to wait for.
+            self.judge(op, None, true);
+            return;
+        }
+        let owner = key.map(|i| (i, self.hists[i].owner as usize));
         match owner {
-            Some(w) if w < self.waiting_owner.len() => {
+            Some((i, w)) if w < self.waiting_owner.len() => {
                 if self.progress[w] >= op.t_return_ns {
-                    self.judge(op, true);
+                    self.judge(op, key, true);
                 } else {
                     self.waiting_invokes.add(op.t_invoke_ns);
-                    self.waiting_owner[w].push_back(op);
+                    self.waiting_owner[w].push_back((i as u32, op));
                 }
             }
             _ => {
                 if self.global_progress() >= op.t_return_ns {
-                    self.judge(op, true);
+                    self.judge(op, key, true);
                 } else {
                     self.waiting_invokes.add(op.t_invoke_ns);
                     self.waiting_all.push_back(op);
@@ -839,11 +1103,11 @@ impl Oracle {
         self.progress[w] = t;
         while self.waiting_owner[w]
             .front()
-            .is_some_and(|op| op.t_return_ns <= t)
+            .is_some_and(|(_, op)| op.t_return_ns <= t)
         {
-            let op = self.waiting_owner[w].pop_front().expect("front exists");
+            let (i, op) = self.waiting_owner[w].pop_front().expect("front exists");
             self.waiting_invokes.remove(op.t_invoke_ns);
-            self.judge(op, true);
+            self.judge(op, Some(i as usize), true);
         }
         if !self.waiting_all.is_empty() {
             let all = self.global_progress();
@@ -854,7 +1118,7 @@ impl Oracle {
             {
                 let op = self.waiting_all.pop_front().expect("front exists");
                 self.waiting_invokes.remove(op.t_invoke_ns);
-                self.judge(op, true);
+                self.judge(op, None, true);
             }
         }
     }
@@ -862,21 +1126,27 @@ impl Oracle {
     /// Judges every waiting read; `exact` says whether their writes are
     /// certainly all known.
     fn release_all(&mut self, exact: bool) {
-        let mut waiting: Vec<OpRecord> = self
+        let mut waiting: Vec<(Option<usize>, OpRecord)> = self
             .waiting_owner
             .iter_mut()
             .flat_map(std::mem::take)
+            .map(|(i, op)| (Some(i as usize), op))
             .collect();
-        waiting.extend(std::mem::take(&mut self.waiting_all));
+        waiting.extend(
+            std::mem::take(&mut self.waiting_all)
+                .into_iter()
+                .map(|op| (None, op)),
+        );
         self.waiting_invokes = Invokes::new(self.info.read_span_max_ns);
         // Judge in ledger order, as an online check would have.
-        waiting.sort_by_key(|op| op.id);
-        for op in waiting {
-            self.judge(op, exact);
+        waiting.sort_by_key(|(_, op)| op.id);
+        for (key, op) in waiting {
+            self.judge(op, key, exact);
         }
     }
 
-    fn judge(&mut self, op: OpRecord, exact: bool) {
+    /// Judges one read; `key` is its key's index when already looked up.
+    fn judge(&mut self, op: OpRecord, key: Option<usize>, exact: bool) {
         let is_final = op.origin == Origin::Final;
         let findings = if op.kind == OpKind::List {
             match self.check_page(&op) {
@@ -891,7 +1161,7 @@ impl Oracle {
                 None => return,
             }
         } else {
-            match self.check_read(&op) {
+            match self.check_read(&op, key) {
                 Some(findings) => {
                     self.coverage.reads_checked += 1;
                     if is_final {
@@ -976,9 +1246,8 @@ impl Oracle {
     fn slice_sha(&self, key: &str, generation: u64, size: u64, start: u64, end: u64) -> [u8; 32] {
         // The key's tag is a sha256 of its name: look it up, don't redo it.
         let tag = self
-            .index
-            .get(key)
-            .map_or_else(|| key_tag(key), |&i| self.hists[i].key_tag);
+            .find(key)
+            .map_or_else(|| key_tag(key), |i| self.hists[i].key_tag);
         let body = Body::with_tags(self.info.seed, key, generation, size, tag, self.run_tag);
         if start == 0 && end == size {
             body.sha256()
@@ -999,12 +1268,13 @@ impl Oracle {
         }
     }
 
-    /// Checks one read; `None` if it cannot be decided.
-    fn check_read(&mut self, op: &OpRecord) -> Option<Vec<Finding>> {
+    /// Checks one read (of the key with index `known`, if looked up);
+    /// `None` if it cannot be decided.
+    fn check_read(&mut self, op: &OpRecord, known: Option<usize>) -> Option<Vec<Finding>> {
         let key = op.key.as_deref()?;
         let seen = Seen::of(op)?;
         let contract = self.info.contract;
-        let Some(&i) = self.index.get(key) else {
+        let Some(i) = known.or_else(|| self.find(key)) else {
             // Nobody ever wrote this key (everyone has progressed past it).
             let finding = self.name_unknown_key(op, key, &seen);
             return Some(finding.into_iter().collect());
@@ -1325,8 +1595,11 @@ impl Oracle {
                 Vec::new(),
             )
         };
-        let unknown =
-            |key: &str| !key.starts_with(&self.info.prefix) || !self.index.contains_key(key);
+        let prefix = self.info.prefix.as_str();
+        let unknown = |key: &str| {
+            let k = KeyRef::of(prefix, key);
+            k.foreign || self.index.find(k).is_none()
+        };
         // Only the entries the merge below steps over can be unknown keys
         // (on an ordered page): the rest matched one. Look those up.
         let mut phantoms = Vec::new();
@@ -1338,45 +1611,66 @@ impl Oracle {
                     .map(|e| phantom(e.0)),
             );
         }
+        // Entries by key without the prefix (the run's keys are filed so).
         let on_page: HashMap<&str, (u64, Option<&str>)> = if ordered {
             HashMap::default()
         } else {
             entries
                 .iter()
-                .map(|(k, s, e)| (&**k, (*s, e.as_deref())))
+                .filter_map(|(k, s, e)| Some((k.strip_prefix(prefix)?, (*s, *e))))
                 .collect()
         };
         // Every key of the run in the page's range, merged with the sorted entries.
-        let lower = page.after.unwrap_or(&self.info.prefix);
-        let range = self
-            .ordered
-            .range::<str, _>((std::ops::Bound::Excluded(lower), std::ops::Bound::Unbounded))
-            .take_while(|(k, _)| {
-                upper.is_none_or(|u| &***k <= u) && k.starts_with(&self.info.prefix)
-            });
+        let mut in_range = Vec::with_capacity(entries.len() + PAGE_ENTRIES);
+        if let Some(bounds) = run_key_range(prefix, page.after, upper) {
+            for (rest, &i) in self.ordered.range::<str, _>(bounds) {
+                // Ask for every key's newest write at once: one after the
+                // other, each is a cache miss the walk would wait for.
+                prefetch(&self.newest[i as usize]);
+                in_range.push((rest.as_str(), i));
+            }
+        }
+        // A key whose newest write was acknowledged before the page was
+        // asked for is judged on that write alone (`Newest`); ask for the
+        // other keys' histories now.
+        let newest_decides = contract == Contract::ReadAfterWrite;
+        for &(_, i) in &in_range {
+            let newest = &self.newest[i as usize];
+            if !newest_decides || !newest.acked || newest.t_return >= op.t_invoke_ns {
+                prefetch(&self.hists[i as usize]);
+            }
+        }
         let mut covered = 0;
         let mut cursor = 0;
-        for (key, &i) in range {
-            let key: &str = key;
-            let kh = &self.hists[i];
+        for (rest, i) in in_range {
+            let i = i as usize;
+            let newest = &self.newest[i];
             let listed = if ordered {
-                while cursor < entries.len() && entries[cursor].0 < key {
+                while cursor < entries.len()
+                    && cmp_run_key(entries[cursor].0, prefix, rest) == Ordering::Less
+                {
                     if unknown(entries[cursor].0) {
                         phantoms.push(phantom(entries[cursor].0));
                     }
                     cursor += 1;
                 }
-                let hit = cursor < entries.len() && entries[cursor].0 == key;
+                let hit = cursor < entries.len()
+                    && cmp_run_key(entries[cursor].0, prefix, rest) == Ordering::Equal;
                 let listed = hit.then(|| (entries[cursor].1, entries[cursor].2));
                 cursor += usize::from(hit);
                 listed
             } else {
-                on_page.get(key).copied()
+                on_page.get(rest).copied()
             };
-            if op.t_invoke_ns < kh.dropped_before_ns {
+            if op.t_invoke_ns < newest.dropped_before_ns {
                 continue;
             }
             covered += 1;
+            if newest_decides && newest.shows(op.t_invoke_ns, listed) {
+                continue;
+            }
+            let kh = &self.hists[i];
+            let key: &str = &kh.name;
             let allowed = kh.allowed(contract, op.t_invoke_ns, op.t_return_ns);
             let may_be_absent = allowed.absent_allowed();
             let may_be_present = allowed.present().next().is_some();
@@ -1445,9 +1739,38 @@ impl Oracle {
 struct PageView<'a> {
     #[serde(borrow)]
     after: Option<Str<'a>>,
-    #[serde(borrow)]
-    keys: Vec<(Str<'a>, u64, Option<Str<'a>>)>,
+    #[serde(borrow, deserialize_with = "page_entries")]
+    keys: Vec<PageEntry<'a>>,
     truncated: bool,
+}
+
+type PageEntry<'a> = (Str<'a>, u64, Option<Str<'a>>);
+
+/// Entries a page is read into before it has to grow (the workload asks
+/// for 25 keys a page).
+const PAGE_ENTRIES: usize = 32;
+
+/// A page's entries in one allocation: serde's own `Vec` starts at 4 and
+/// grows as entries arrive, three reallocations for every page of 25.
+fn page_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PageEntry<'de>>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Vec<PageEntry<'de>>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a list of LIST entries")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(
+            self,
+            mut seq: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(PAGE_ENTRIES));
+            while let Some(e) = seq.next_element()? {
+                entries.push(e);
+            }
+            Ok(entries)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 /// A page as plain string slices.
@@ -1519,10 +1842,22 @@ fn listed_as(w: &Write, size: u64, etag: Option<&str>) -> bool {
 /// Checks a whole history at once (tests, benchmarks).
 pub fn check(info: &RunInfo, ops: impl IntoIterator<Item = OpRecord>) -> Verdict {
     let mut oracle = Oracle::new(info.clone());
-    for op in ops {
-        oracle.observe(op);
-    }
+    oracle.observe_all(&mut ops.into_iter().collect());
     oracle.finish()
+}
+
+/// Asks for the cache lines of `value` ahead of their use.
+fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let p = (value as *const T).cast::<i8>();
+        for line in (0..std::mem::size_of::<T>()).step_by(64) {
+            // SAFETY: a prefetch is a hint that never faults, whatever
+            // the address; SSE is part of every x86-64.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
+        }
+    }
 }
 
 /// The name of having seen generation `g`, which was not allowed after `base`.

@@ -1156,3 +1156,127 @@ fn a_stale_generation_dropped_from_memory_is_still_named() {
         v.findings[0].seen
     );
 }
+
+#[test]
+fn keys_outside_the_run_prefix_are_checked_but_never_expected_on_a_page() {
+    // The run's prefix is `run/b`: `run/a` is a key of another prefix,
+    // filed whole; `run/b1` and `run/b2` are filed without the prefix.
+    let mut narrow = info();
+    narrow.prefix = k("b");
+    let written = || {
+        let mut h = H::default();
+        h.put("a", 1, 10, (0, 10), Acked)
+            .put("b1", 1, 11, (0, 10), Acked)
+            .put("b2", 1, 12, (0, 10), Acked)
+            .get("a", (20, 30), Saw::Gen("a", 1, 10))
+            .get("b2", (20, 30), Saw::Gen("b2", 1, 12));
+        h
+    };
+    // (row, page's lower bound, entries, truncated, findings)
+    type Row<'a> = (
+        &'a str,
+        Option<&'a str>,
+        &'a [(&'a str, u64)],
+        bool,
+        &'a [Class],
+    );
+    let rows: [Row<'_>; 6] = [
+        (
+            "the prefix's keys",
+            None,
+            &[("b1", 11), ("b2", 12)],
+            false,
+            &[],
+        ),
+        (
+            "a key outside the prefix listed",
+            None,
+            &[("a", 10), ("b1", 11), ("b2", 12)],
+            false,
+            &[Class::Phantom],
+        ),
+        (
+            "a page after a key before the prefix",
+            Some("a"),
+            &[("b1", 11)],
+            false,
+            &[Class::ListMissing],
+        ),
+        (
+            "a page after every key of the prefix",
+            Some("c"),
+            &[],
+            false,
+            &[],
+        ),
+        (
+            "a truncated page ends the range",
+            None,
+            &[("b1", 11)],
+            true,
+            &[],
+        ),
+        (
+            "a missing key is named in full",
+            Some("b1"),
+            &[],
+            false,
+            &[Class::ListMissing],
+        ),
+    ];
+    for (name, after, entries, truncated, expected) in rows {
+        let mut h = written();
+        h.list((40, 50), after, entries, truncated);
+        check_row_with(narrow.clone(), name, &mut h, expected);
+    }
+    // A truncated page whose only entry repeats its lower bound.
+    let mut h = written();
+    h.list((40, 50), Some("b1"), &[("b1", 11)], true);
+    check_row_with(
+        narrow.clone(),
+        "a truncated page that repeats its lower bound",
+        &mut h,
+        &[Class::ListProtocol],
+    );
+    let mut h = written();
+    h.list((40, 50), Some("b1"), &[], false);
+    let v = check(&narrow, h.ops.clone());
+    assert_eq!(v.findings[0].key.as_deref(), Some(k("b2").as_str()));
+    assert_eq!(v.coverage.list_keys_checked, 1);
+}
+
+#[test]
+fn run_keys_order_and_range_as_full_keys_do() {
+    use std::cmp::Ordering::*;
+    for (key, rest, want) in [
+        ("p/a", "a", Equal),
+        ("p/a", "b", Less),
+        ("p/b", "a", Greater),
+        ("o/z", "a", Less),
+        ("q", "a", Greater),
+        ("p", "", Less),
+    ] {
+        assert_eq!(cmp_run_key(key, "p/", rest), want, "{key} vs p/{rest}");
+        assert_eq!(key.cmp(&format!("p/{rest}")), want, "{key} vs p/{rest}");
+    }
+    assert_eq!(
+        run_key_range("p/", None, None),
+        Some((Bound::Excluded(""), Bound::Unbounded))
+    );
+    assert_eq!(
+        run_key_range("p/", Some("p/x"), Some("p/y")),
+        Some((Bound::Excluded("x"), Bound::Included("y")))
+    );
+    assert_eq!(
+        run_key_range("p/", Some("a"), Some("z")),
+        Some((Bound::Unbounded, Bound::Unbounded))
+    );
+    assert_eq!(run_key_range("p/", Some("q"), None), None);
+    assert_eq!(run_key_range("p/", None, Some("a")), None);
+    // A page ending before its own lower bound covers nothing.
+    assert_eq!(run_key_range("p/", Some("p/y"), Some("p/x")), None);
+    assert_eq!(
+        run_key_range("p/", Some("p/x"), Some("p/x")),
+        Some((Bound::Excluded("x"), Bound::Included("x")))
+    );
+}

@@ -1201,11 +1201,19 @@ pub fn verify(path: &Path) -> Result<Verified, Error> {
     let mut checker = crate::oracle::Oracle::new(info.clone());
     let mut findings = Vec::new();
     let mut operations = 0u64;
+    // Fed in batches, so the oracle can look keys up ahead (`observe_all`).
+    const BATCH: usize = 4096;
+    let mut batch = Vec::with_capacity(BATCH);
     ledger.for_each_op(|op| {
         operations += 1;
-        checker.observe(op);
-        findings.extend(checker.take_findings());
+        batch.push(op);
+        if batch.len() == BATCH {
+            checker.observe_all(&mut batch);
+            findings.extend(checker.take_findings());
+        }
     })?;
+    checker.observe_all(&mut batch);
+    findings.extend(checker.take_findings());
     let mut verdict = checker.finish();
     findings.append(&mut verdict.findings);
     verdict.findings = findings;
