@@ -476,6 +476,7 @@ fn write_loop(
         }
         let mut flushes = Vec::new();
         let tx = conn.transaction().map_err(sql_err(path))?;
+        let mut ops_stmt = tx.prepare_cached(INSERT_OP).map_err(sql_err(path))?;
         for record in batch.drain(..) {
             match record {
                 Record::Flush(done) => flushes.push(done),
@@ -487,7 +488,7 @@ fn write_loop(
                         next_id = op.id + 1;
                         now_ns = now_ns.max(op.t_return_ns);
                     }
-                    write_record(&tx, &other).map_err(sql_err(path))?;
+                    write_record(&tx, &mut ops_stmt, &other).map_err(sql_err(path))?;
                     written += 1;
                     if tap.is_some() {
                         match other {
@@ -507,6 +508,7 @@ fn write_loop(
             let p = progress.pruned;
             write_record(
                 &tx,
+                &mut ops_stmt,
                 &Record::Meta {
                     key: "retention_pruned".into(),
                     value: format!(
@@ -519,6 +521,7 @@ fn write_loop(
             )
             .map_err(sql_err(path))?;
         }
+        drop(ops_stmt);
         tx.commit().map_err(sql_err(path))?;
         if let Some(t) = &tap {
             let mut lost = false;
@@ -544,16 +547,22 @@ fn write_loop(
     Ok(written)
 }
 
-fn write_record(tx: &rusqlite::Transaction<'_>, record: &Record) -> rusqlite::Result<()> {
-    match record {
-        Record::Op(op) => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT INTO ops (id, worker, origin, kind, key, generation, range_header, range_start, range_end,
+const INSERT_OP: &str = "INSERT INTO ops (id, worker, origin, kind, key, generation, range_header, range_start, range_end,
                                   t_invoke_ns, t_return_ns, outcome, http_status, error_class, bytes, size,
                                   sha256, etag, endpoint, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
-            )?;
-            stmt.execute(params![
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)";
+
+/// Writes one record. Operations, nearly every record, go through
+/// `ops_stmt`, prepared once per transaction: looking the statement up in
+/// the connection's cache hashes its whole SQL text every time.
+fn write_record(
+    tx: &rusqlite::Transaction<'_>,
+    ops_stmt: &mut rusqlite::CachedStatement<'_>,
+    record: &Record,
+) -> rusqlite::Result<()> {
+    match record {
+        Record::Op(op) => {
+            ops_stmt.execute(params![
                 op.id as i64,
                 op.worker,
                 op.origin.as_str(),
