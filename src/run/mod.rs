@@ -648,7 +648,7 @@ async fn drive(
                 }
                 r = &mut running => { finished_early = Some(r); break; }
                 _ = snapshot.tick() => {
-                    record_metrics(&ledger, &stats, clock);
+                    record_metrics(&ledger, &stats, &status, clock);
                     let floor = cfg.min_free_disk_mb << 20;
                     if let Some(free) = free_disk_bytes(&run_dir).filter(|f| *f < floor) {
                         let why = format!(
@@ -762,7 +762,7 @@ async fn drive(
             }
         }
     }
-    record_metrics(&ledger, &stats, clock);
+    record_metrics(&ledger, &stats, &status, clock);
     cluster.snapshot_metrics("end").await;
     ledger.flush()?;
     let verdict = online.finish();
@@ -1004,8 +1004,9 @@ fn coverage_gaps(c: &Coverage, stats: &Stats, wl: &WorkloadConfig) -> Vec<String
     gaps
 }
 
-/// Snapshots the live counters and the runner's memory into the ledger.
-fn record_metrics(ledger: &Ledger, stats: &Stats, clock: Instant) {
+/// Snapshots the live counters, the online oracle's backlog and the
+/// runner's memory into the ledger.
+fn record_metrics(ledger: &Ledger, stats: &Stats, oracle: &online::Status, clock: Instant) {
     let t_ns = clock.elapsed().as_nanos() as u64;
     let mut values = vec![
         ("ops_total", stats.total() as f64),
@@ -1019,6 +1020,9 @@ fn record_metrics(ledger: &Ledger, stats: &Stats, clock: Instant) {
             stats.live_bytes.load(Ordering::Relaxed) as f64,
         ),
         ("readbacks", stats.readbacks.load(Ordering::Relaxed) as f64),
+        // Reads held until their writers move past them: what the oracle
+        // keeps besides per-key state.
+        ("oracle_waiting", oracle.waiting() as f64),
     ];
     if let Some(rss) = rss_bytes() {
         values.push(("runner_rss_bytes", rss as f64));

@@ -34,8 +34,11 @@ pub struct Status {
     /// The first finding, for the progress view and the stop message.
     first: Mutex<Option<String>>,
     /// Recent findings, known deviations included, with when they came
-    /// out, numbered from 0.
+    /// out, numbered from 0; kept only once someone asked for them (the
+    /// self-test): a soak's known deviations would otherwise hold
+    /// megabytes no one reads.
     recent: Mutex<(u64, std::collections::VecDeque<(Instant, Finding)>)>,
+    watched: AtomicBool,
     /// Set when the checker stopped early (a panic): the verdict is unknown.
     lost: AtomicBool,
     notify: tokio::sync::Notify,
@@ -79,7 +82,9 @@ impl Status {
 
     /// Findings numbered `from` on (known deviations included), with the
     /// instant each came out, and the number to ask from next time.
+    /// The first call starts the record: ask once before what you watch.
     pub fn findings_since(&self, from: u64) -> (Vec<(Instant, Finding)>, u64) {
+        self.watched.store(true, Ordering::Relaxed);
         let Ok(recent) = self.recent.lock() else {
             return (Vec::new(), from);
         };
@@ -103,9 +108,11 @@ impl Status {
     fn record(&self, f: &Finding, known: bool) {
         if let Ok(mut recent) = self.recent.lock() {
             recent.0 += 1;
-            recent.1.push_back((Instant::now(), f.clone()));
-            if recent.1.len() > RECENT_MAX {
-                recent.1.pop_front();
+            if self.watched.load(Ordering::Relaxed) {
+                recent.1.push_back((Instant::now(), f.clone()));
+                if recent.1.len() > RECENT_MAX {
+                    recent.1.pop_front();
+                }
             }
         }
         if known {
