@@ -828,7 +828,7 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
         v.info.contract.as_str()
     );
     run::print_coverage(c);
-    run::print_findings(&v.verdict.findings, &v.tolerate, args.show);
+    run::print_findings(&v.verdict, &v.tolerate, args.show);
     // The online check recorded its findings as the run went: say whether
     // this check agrees with it.
     if v.agrees_with_online() {

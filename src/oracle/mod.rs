@@ -187,6 +187,9 @@ pub struct Coverage {
 pub struct Verdict {
     pub findings: Vec<Finding>,
     pub coverage: Coverage,
+    /// Known deviations of the store counted but not kept in `findings`
+    /// (the online check keeps the first few; the ledger has every one).
+    pub known_not_kept: BTreeMap<Class, u64>,
 }
 
 /// What the oracle needs to know about the run besides its operations.
@@ -972,6 +975,7 @@ impl Oracle {
         Verdict {
             findings: self.out,
             coverage: self.coverage,
+            known_not_kept: BTreeMap::new(),
         }
     }
 

@@ -24,7 +24,7 @@ use crate::exit::{self, Error};
 use crate::faults::{FaultStatus, Injector, Planned, SoakPlan, gate_plan};
 use crate::history::{OpKind, Outcome};
 use crate::ledger::{Ledger, LedgerReader, Record, Retention};
-use crate::oracle::{Contract, Coverage, Finding, RunInfo, Verdict};
+use crate::oracle::{Class, Contract, Coverage, Finding, RunInfo, Verdict};
 use crate::workload::{Stats, Workload, WorkloadConfig};
 use online::Online;
 
@@ -822,7 +822,7 @@ async fn drive(
     print_summary(&stats, clock.elapsed(), records, &ledger_path);
     print_faults(&faults);
     if let Some(v) = &verdict {
-        print_findings(&v.findings, &oracle_meta.tolerate, 10);
+        print_findings(v, &oracle_meta.tolerate, 10);
         print_coverage(&v.coverage);
     }
     workload_result?;
@@ -1088,14 +1088,18 @@ fn print_summary(stats: &Stats, elapsed: Duration, records: u64, ledger: &Path) 
 
 /// Prints up to `show` findings that fail the run as a table, and counts
 /// per class of those and of the known deviations.
-pub fn print_findings(findings: &[Finding], tolerate: &[Tolerance], show: usize) {
-    let (known, failing): (Vec<&Finding>, Vec<&Finding>) = findings
+pub fn print_findings(verdict: &Verdict, tolerate: &[Tolerance], show: usize) {
+    let (known, failing): (Vec<&Finding>, Vec<&Finding>) = verdict
+        .findings
         .iter()
         .partition(|f| known_deviation(tolerate, f).is_some());
-    let counts = |list: &[&Finding]| {
+    let counts = |list: &[&Finding], more: &std::collections::BTreeMap<Class, u64>| {
         let mut by_class = std::collections::BTreeMap::new();
         for f in list {
             *by_class.entry(f.class.as_str()).or_insert(0u64) += 1;
+        }
+        for (class, n) in more {
+            *by_class.entry(class.as_str()).or_insert(0u64) += n;
         }
         by_class
             .iter()
@@ -1103,10 +1107,10 @@ pub fn print_findings(findings: &[Finding], tolerate: &[Tolerance], show: usize)
             .collect::<Vec<_>>()
             .join(", ")
     };
-    if !known.is_empty() {
+    if !known.is_empty() || !verdict.known_not_kept.is_empty() {
         println!(
             "known deviations of the store (tolerated by the profile): {}",
-            counts(&known)
+            counts(&known, &verdict.known_not_kept)
         );
     }
     if failing.is_empty() {
@@ -1130,7 +1134,7 @@ pub fn print_findings(findings: &[Finding], tolerate: &[Tolerance], show: usize)
         ]);
     }
     println!("{table}");
-    println!("findings: {}", counts(&failing));
+    println!("findings: {}", counts(&failing, &Default::default()));
 }
 
 pub fn print_coverage(c: &Coverage) {

@@ -18,6 +18,10 @@ use crate::oracle::{Class, Finding, Oracle, RunInfo, Verdict};
 
 /// Operations queued for the checker before the ledger writer waits.
 const TAP_QUEUE_MAX: usize = 16_384;
+/// Known deviations the online verdict keeps whole; the rest are counted
+/// (a Garage soak finds thousands a minute, and kept they were most of the
+/// runner's memory growth). The ledger records every one.
+const KNOWN_KEPT: usize = 1_000;
 /// Recent findings kept for watchers (the self-test); the ledger has all.
 const RECENT_MAX: usize = 10_000;
 
@@ -217,6 +221,20 @@ fn check_loop(
     let mut oracle = Oracle::new(info);
     let mut faults: Vec<FaultRecord> = Vec::new();
     let mut all: Vec<Finding> = Vec::new();
+    let mut known_kept = 0;
+    let mut known_not_kept = std::collections::BTreeMap::new();
+    // Keeps a finding for the verdict: every violation, the first known
+    // deviations whole and the rest as counts.
+    let mut keep = |f: &Finding| {
+        if known_deviation(tolerate, f).is_none() {
+            all.push(f.clone());
+        } else if known_kept < KNOWN_KEPT {
+            known_kept += 1;
+            all.push(f.clone());
+        } else {
+            *known_not_kept.entry(f.class).or_insert(0u64) += 1;
+        }
+    };
     let emit = |findings: Vec<Finding>, faults: &[FaultRecord]| {
         for f in findings {
             let known = known_deviation(tolerate, &f);
@@ -242,7 +260,7 @@ fn check_loop(
                 status
                     .waiting
                     .store(oracle.waiting() as u64, Ordering::Relaxed);
-                all.extend(found.iter().cloned());
+                found.iter().for_each(&mut keep);
                 emit(found, &faults);
             }
             Tapped::Fault(f) => match faults.iter_mut().find(|x| x.id == f.id) {
@@ -255,13 +273,14 @@ fn check_loop(
     // Finishing judges what was still waiting; its findings are new.
     let mut verdict = oracle.finish();
     let last = std::mem::take(&mut verdict.findings);
-    all.extend(last.iter().cloned());
+    last.iter().for_each(&mut keep);
     emit(last, &faults);
     status
         .checked
         .store(verdict.coverage.reads_checked, Ordering::Relaxed);
     status.waiting.store(0, Ordering::Relaxed);
     verdict.findings = all;
+    verdict.known_not_kept = known_not_kept;
     verdict
 }
 
@@ -308,6 +327,51 @@ pub fn finding_record(f: &Finding, faults: &[FaultRecord], known: Option<&str>) 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_verdict_keeps_every_violation_but_only_counts_known_deviations_past_a_bound() {
+        use crate::history::{OpKind, Origin, Outcome};
+        use crate::ledger::OpRecord;
+        let final_get = |id: u64, outcome: Outcome| {
+            let mut op = OpRecord::new(OpKind::Get, Some(format!("p/x{id}")), outcome);
+            op.id = id;
+            op.origin = Origin::Final;
+            op.t_invoke_ns = id * 10;
+            op.t_return_ns = id * 10 + 5;
+            op.http_status = Some(if outcome == Outcome::Ok { 200 } else { 503 });
+            if outcome == Outcome::Ok {
+                // A value for a key nobody wrote: a phantom, tolerated below.
+                op.size = Some(1);
+                op.sha256 = Some([0; 32]);
+            }
+            op
+        };
+        let (tx, rx) = mpsc::sync_channel(KNOWN_KEPT + 16);
+        let phantoms = KNOWN_KEPT as u64 + 5;
+        for id in 1..=phantoms {
+            tx.send(Tapped::Op(Box::new(final_get(id, Outcome::Ok))))
+                .unwrap();
+        }
+        for id in phantoms + 1..=phantoms + 2 {
+            tx.send(Tapped::Op(Box::new(final_get(id, Outcome::Unavailable))))
+                .unwrap();
+        }
+        tx.send(Tapped::End).unwrap();
+        let tolerate = vec![Tolerance {
+            class: Class::Phantom,
+            expected_contains: None,
+            seen_contains: Some("never written".into()),
+            reason: "test".into(),
+        }];
+        let status = Status::default();
+        let v = check_loop(RunInfo::new(1, "p/", 1), &tolerate, rx, None, &status);
+        let count = |c: Class| v.findings.iter().filter(|f| f.class == c).count();
+        assert_eq!(count(Class::Unrecoverable), 2);
+        assert_eq!(count(Class::Phantom), KNOWN_KEPT);
+        assert_eq!(v.known_not_kept.get(&Class::Phantom), Some(&5));
+        assert_eq!(status.known(), phantoms);
+        assert_eq!(status.findings(), 2);
+    }
 
     fn fault(id: u64, start: u64, end: Option<u64>, recovered: Option<u64>) -> FaultRecord {
         FaultRecord {
