@@ -37,14 +37,13 @@
 //! Bodies are a pure function of (seed, key, generation, size), so the
 //! oracle recomputes any slice it needs, even of a generation it dropped.
 
-use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, VecDeque};
 use std::ops::Bound;
 
 use compact_str::CompactString;
 /// Keys are trusted strings of our own: a fast hash (foldhash), not SipHash.
-use hashbrown::{HashMap, HashTable};
+use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::history::{OpKind, Origin, Outcome, TraceDetail};
@@ -52,7 +51,10 @@ use crate::ledger::OpRecord;
 use crate::s3::slice_sha256;
 use crate::workload::body::{Body, key_tag, run_tag};
 
+mod page;
 pub mod synth;
+
+use page::{PAGE_ENTRIES, Page};
 
 /// The violation classes of oracle.md §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -352,6 +354,11 @@ struct Past {
     outcome: Outcome,
 }
 
+/// An ETag without its quotes: how the oracle compares them.
+fn etag_core(etag: &str) -> &str {
+    etag.trim_matches('"')
+}
+
 /// A 64-bit digest of an ETag: two different ETags of one key agreeing on
 /// it (odds 2^-64) would pass a LIST entry unchecked.
 fn etag_hash(etag: &str) -> u64 {
@@ -369,6 +376,15 @@ struct KeyName {
     /// The key lacks the run's prefix and is kept whole.
     foreign: bool,
     rest: CompactString,
+}
+
+impl KeyName {
+    fn as_ref(&self) -> KeyRef<'_> {
+        KeyRef {
+            foreign: self.foreign,
+            rest: &self.rest,
+        }
+    }
 }
 
 /// A borrowed `KeyName`, to look a key up without building one.
@@ -400,23 +416,44 @@ impl<'a> KeyRef<'a> {
     }
 }
 
-/// Key to key index. The table holds the indices with 32 more bits of
-/// each key's hash (a hundred thousand keys take about a megabyte), the
-/// names sit densely beside it in index order. `guess` trusts the hash
-/// alone, so a lookup made ahead of time touches no name; `is` confirms
-/// the guess when its turn comes.
-#[derive(Default)]
+/// Key to key index: an open-addressing table (linear probing, at most
+/// three quarters full) of the indices with 32 more bits of each key's
+/// hash, the names densely beside it in index order. Its own rather than a
+/// general map's so that a lookup can be split: `hash` and `prefetch` an
+/// operation's slot early, `guess` (hash alone, touching no name) when the
+/// slot has arrived, `is` to confirm the guess at the operation's turn.
+/// Over a hundred thousand keys each step is otherwise a cache miss the
+/// check waits for.
 struct KeyIndex {
-    /// (key index, high half of the key's hash).
-    table: HashTable<(u32, u32)>,
+    /// `index + 1` in the low half, the hash's high half above; 0 is empty.
+    slots: Vec<u64>,
     names: Vec<KeyName>,
     hasher: foldhash::fast::RandomState,
 }
 
+impl Default for KeyIndex {
+    fn default() -> KeyIndex {
+        KeyIndex {
+            slots: vec![0; 1024],
+            names: Vec::new(),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+}
+
 impl KeyIndex {
-    fn hash(&self, foreign: bool, rest: &str) -> u64 {
+    fn hash(&self, k: KeyRef<'_>) -> u64 {
         use std::hash::BuildHasher;
-        self.hasher.hash_one((foreign, rest))
+        self.hasher.hash_one((k.foreign, k.rest))
+    }
+
+    fn mask(&self) -> usize {
+        self.slots.len() - 1
+    }
+
+    /// Asks for the slot a key of `hash` starts its probe at.
+    fn prefetch(&self, hash: u64) {
+        prefetch(&self.slots[hash as usize & self.mask()]);
     }
 
     fn is(&self, i: u32, k: KeyRef<'_>) -> bool {
@@ -424,36 +461,93 @@ impl KeyIndex {
         n.foreign == k.foreign && n.rest == k.rest
     }
 
-    fn find(&self, k: KeyRef<'_>) -> Option<u32> {
-        let hash = self.hash(k.foreign, k.rest);
-        self.table
-            .find(hash, |&(i, high)| {
-                high == (hash >> 32) as u32 && self.is(i, k)
-            })
-            .map(|&(i, _)| i)
+    /// The index whose hash is `hash` and, if given, whose name is `confirm`.
+    fn probe(&self, hash: u64, confirm: Option<KeyRef<'_>>) -> Option<u32> {
+        let high = hash >> 32;
+        let mut at = hash as usize & self.mask();
+        loop {
+            let slot = self.slots[at];
+            if slot == 0 {
+                return None;
+            }
+            let i = (slot as u32).wrapping_sub(1);
+            if slot >> 32 == high && confirm.is_none_or(|k| self.is(i, k)) {
+                return Some(i);
+            }
+            at = (at + 1) & self.mask();
+        }
     }
 
-    /// The index of a key whose hash matches `k`'s: almost always `k`'s.
-    fn guess(&self, k: KeyRef<'_>) -> Option<u32> {
-        let hash = self.hash(k.foreign, k.rest);
-        self.table
-            .find(hash, |&(_, high)| high == (hash >> 32) as u32)
-            .map(|&(i, _)| i)
+    fn find(&self, k: KeyRef<'_>) -> Option<u32> {
+        self.probe(self.hash(k), Some(k))
+    }
+
+    /// The index of a key whose hash is `hash`: almost always the key's.
+    fn guess(&self, hash: u64) -> Option<u32> {
+        self.probe(hash, None)
     }
 
     /// Files a key not filed yet under the next index.
     fn insert(&mut self, name: KeyName) -> u32 {
         let i = self.names.len() as u32;
-        let hash = self.hash(name.foreign, &name.rest);
         self.names.push(name);
-        let (names, hasher) = (&self.names, &self.hasher);
-        self.table
-            .insert_unique(hash, (i, (hash >> 32) as u32), |&(j, _)| {
-                use std::hash::BuildHasher;
-                let n = &names[j as usize];
-                hasher.hash_one((n.foreign, n.rest.as_str()))
-            });
+        if self.names.len() * 4 > self.slots.len() * 3 {
+            self.slots = vec![0; self.slots.len() * 2];
+            for j in 0..self.names.len() as u32 {
+                self.place(j);
+            }
+        } else {
+            self.place(i);
+        }
         i
+    }
+
+    fn place(&mut self, i: u32) {
+        let hash = self.hash(self.names[i as usize].as_ref());
+        let mut at = hash as usize & self.mask();
+        while self.slots[at] != 0 {
+            at = (at + 1) & self.mask();
+        }
+        self.slots[at] = (hash >> 32) << 32 | u64::from(i + 1);
+    }
+}
+
+/// A run key (without the prefix) as the ordered map files it: its first
+/// 16 bytes as one big-endian number ahead of the whole, so that ordering
+/// two keys is mostly one integer comparison (the workload's keys,
+/// `w003/k00025`, fit in it) where it was a call to memcmp, a dozen per
+/// search of the map, two searches per LIST page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OrdKey {
+    head: u128,
+    rest: CompactString,
+}
+
+impl OrdKey {
+    fn of(rest: &str) -> OrdKey {
+        let mut head = [0u8; 16];
+        let n = rest.len().min(16);
+        head[..n].copy_from_slice(&rest.as_bytes()[..n]);
+        OrdKey {
+            head: u128::from_be_bytes(head),
+            rest: CompactString::new(rest),
+        }
+    }
+}
+
+impl Ord for OrdKey {
+    /// The order of the strings: where the padded heads differ, at a byte
+    /// both have or where the shorter one ends, the strings differ first.
+    fn cmp(&self, other: &OrdKey) -> Ordering {
+        self.head
+            .cmp(&other.head)
+            .then_with(|| self.rest.as_bytes().cmp(other.rest.as_bytes()))
+    }
+}
+
+impl PartialOrd for OrdKey {
+    fn partial_cmp(&self, other: &OrdKey) -> Option<Ordering> {
+        Some(self.cmp(other))
     }
 }
 
@@ -826,7 +920,7 @@ pub struct Oracle {
     index: KeyIndex,
     /// ...and the run's keys, without the prefix, in order, for the key
     /// range of a LIST page.
-    ordered: BTreeMap<CompactString, u32>,
+    ordered: BTreeMap<OrdKey, u32>,
     hists: Vec<KeyHist>,
     newest: Vec<Newest>,
     /// Key tag to key index, to name whose bytes a misdirected read got.
@@ -893,55 +987,84 @@ impl Oracle {
 
     /// Feeds one operation, in ledger order.
     pub fn observe(&mut self, op: OpRecord) {
-        let key = op.key.as_deref().and_then(|k| self.find(k));
-        self.observe_found(op, key);
+        self.observe_found(op, None);
     }
 
     /// Feeds operations in ledger order, as `observe` one by one would,
-    /// draining `ops`, but looks each key up `LOOKAHEAD` operations before
-    /// its turn and asks for its history then: over many keys each lookup
-    /// is a few cache misses, which this lets the processor serve while it
-    /// judges the operations before.
+    /// draining `ops`, but prepares each operation's lookup ahead of its
+    /// turn: over many keys every step of a lookup is a cache miss, which
+    /// this lets the processor serve while it judges the operations
+    /// before. 3 x AHEAD operations ahead the operation's record, its
+    /// key's bytes and the start of a page's text are asked for,
+    /// 2 x AHEAD ahead the key is hashed and its slot asked for, AHEAD
+    /// ahead the slot gives a guessed index whose state is asked for, and
+    /// halfway from there the key's newest write.
     pub fn observe_all(&mut self, ops: &mut Vec<OpRecord>) {
-        const LOOKAHEAD: usize = 16;
-        // Guessed key indices, by position in `ops` modulo LOOKAHEAD.
-        let mut guessed = [None; LOOKAHEAD];
+        const AHEAD: usize = 16;
+        const RING: usize = 4 * AHEAD;
         let prefix = self.info.prefix.clone();
+        // Key hashes and guessed key indices, by position modulo RING.
+        let mut hashes = [None; RING];
+        let mut guessed = [None; RING];
         let mut ops = ops.drain(..);
-        for (j, op) in ops.as_slice().iter().take(LOOKAHEAD).enumerate() {
-            guessed[j] = self.look_ahead(&prefix, op);
+        let first = ops.as_slice();
+        for (p, op) in first.iter().take(2 * AHEAD).enumerate() {
+            hashes[p] = self.hash_ahead(&prefix, op);
+        }
+        for p in 0..AHEAD.min(first.len()) {
+            guessed[p] = self.look_ahead(hashes[p]);
         }
         let mut j = 0;
         while let Some(op) = ops.next() {
-            let key = guessed[j % LOOKAHEAD];
+            // rest[k] is the operation at position j + 1 + k.
             let rest = ops.as_slice();
-            guessed[j % LOOKAHEAD] = rest
-                .get(LOOKAHEAD - 1)
-                .and_then(|a| self.look_ahead(&prefix, a));
-            // Halfway, the history is at hand: ask for its newest write.
-            if let Some(i) = guessed[(j + LOOKAHEAD / 2) % LOOKAHEAD]
-                && rest.len() >= LOOKAHEAD / 2
+            if let Some(far) = rest.get(3 * AHEAD - 1) {
+                prefetch(far);
+                if let Some(k) = &far.key {
+                    prefetch_bytes(k.as_bytes());
+                }
+                if let Some(d) = &far.detail {
+                    prefetch_bytes(&d.as_bytes()[..d.len().min(128)]);
+                }
+            }
+            if let Some(a) = rest.get(2 * AHEAD - 1) {
+                hashes[(j + 2 * AHEAD) % RING] = self.hash_ahead(&prefix, a);
+            }
+            if rest.len() >= AHEAD {
+                let p = (j + AHEAD) % RING;
+                guessed[p] = self.look_ahead(hashes[p]);
+            }
+            if rest.len() >= AHEAD / 2
+                && let Some(i) = guessed[(j + AHEAD / 2) % RING]
                 && let Some(w) = self.hists[i].writes.last()
             {
                 prefetch(w);
             }
-            self.observe_found(op, key);
+            self.observe_found(op, guessed[j % RING]);
             j += 1;
         }
     }
 
-    /// The index `op`'s key probably has, its history asked for.
-    fn look_ahead(&self, prefix: &str, op: &OpRecord) -> Option<usize> {
-        let i = self.index.guess(KeyRef::of(prefix, op.key.as_deref()?))? as usize;
+    /// The hash of `op`'s key, its slot asked for.
+    fn hash_ahead(&self, prefix: &str, op: &OpRecord) -> Option<u64> {
+        let hash = self.index.hash(KeyRef::of(prefix, op.key.as_deref()?));
+        self.index.prefetch(hash);
+        Some(hash)
+    }
+
+    /// The index a key of `hash` probably has, its state asked for.
+    fn look_ahead(&self, hash: Option<u64>) -> Option<usize> {
+        let i = self.index.guess(hash?)? as usize;
         prefetch(&self.index.names[i]);
         prefetch(&self.hists[i]);
         prefetch(&self.newest[i]);
         Some(i)
     }
 
-    /// `observe` of an operation whose key has index `key`, if it had one
-    /// when looked up (a write before it may have created it since), or
-    /// probably has it (`KeyIndex::guess`).
+    /// `observe` of an operation whose key probably has index `key`
+    /// (`KeyIndex::guess`, confirmed here); with `None` the key is looked
+    /// up, as it is when the guess was wrong or made before a write filed
+    /// the key.
     fn observe_found(&mut self, op: OpRecord, key: Option<usize>) {
         let key = op.key.as_deref().and_then(|k| match key {
             Some(i) if self.index.is(i as u32, KeyRef::of(&self.info.prefix, k)) => Some(i),
@@ -997,7 +1120,7 @@ impl Oracle {
                 });
                 self.newest.push(Newest::default());
                 if !name.foreign {
-                    self.ordered.insert(name.rest.clone(), i as u32);
+                    self.ordered.insert(OrdKey::of(&name.rest), i as u32);
                 }
                 self.index.insert(name);
                 self.tags.insert(tag, i);
@@ -1024,7 +1147,7 @@ impl Oracle {
             deleted: op.kind == OpKind::Delete,
             size: op.size.unwrap_or(0),
             sha256: op.sha256,
-            etag: op.etag.clone(),
+            etag: op.etag.as_deref().map(|e| etag_core(e).to_string()),
             t_invoke: op.t_invoke_ns,
             t_return: op.t_return_ns,
             outcome: op.outcome,
@@ -1215,7 +1338,7 @@ impl Oracle {
     }
 
     /// Does what was seen equal write `w`'s value?
-    fn matches(&self, key: &str, seen: &Seen<'_>, w: &Write) -> bool {
+    fn matches(&self, kh: &KeyHist, seen: &Seen<'_>, w: &Write) -> bool {
         match *seen {
             Seen::Absent => w.deleted,
             _ if w.deleted => false,
@@ -1224,14 +1347,14 @@ impl Oracle {
                 size == Some(w.size) && generation.is_none_or(|g| g == w.generation)
             }
             Seen::Range { total, .. } => {
-                total == w.size && self.is_range_of(key, seen, w.generation)
+                total == w.size && self.is_range_of(kh, seen, w.generation)
             }
         }
     }
 
     /// Is a Range answer the requested slice of generation `g` (of the
     /// size the answer reports)?
-    fn is_range_of(&self, key: &str, seen: &Seen<'_>, g: u64) -> bool {
+    fn is_range_of(&self, kh: &KeyHist, seen: &Seen<'_>, g: u64) -> bool {
         let Seen::Range {
             first,
             last,
@@ -1244,15 +1367,25 @@ impl Oracle {
             return false;
         };
         expected_range(spec, total) == Some((first, last))
-            && self.slice_sha(key, g, total, first, last + 1) == sha
+            && self.slice_sha(kh, g, total, first, last + 1) == sha
     }
 
-    fn slice_sha(&self, key: &str, generation: u64, size: u64, start: u64, end: u64) -> [u8; 32] {
-        // The key's tag is a sha256 of its name: look it up, don't redo it.
-        let tag = self
-            .find(key)
-            .map_or_else(|| key_tag(key), |i| self.hists[i].key_tag);
-        let body = Body::with_tags(self.info.seed, key, generation, size, tag, self.run_tag);
+    fn slice_sha(
+        &self,
+        kh: &KeyHist,
+        generation: u64,
+        size: u64,
+        start: u64,
+        end: u64,
+    ) -> [u8; 32] {
+        let body = Body::with_tags(
+            self.info.seed,
+            &kh.name,
+            generation,
+            size,
+            kh.key_tag,
+            self.run_tag,
+        );
         if start == 0 && end == size {
             body.sha256()
         } else {
@@ -1260,15 +1393,15 @@ impl Oracle {
         }
     }
 
-    /// Are these bytes exactly generation `g` of `key` (whose write this
+    /// Are these bytes exactly generation `g` of `kh`'s key (whose write this
     /// oracle no longer holds)? Recomputed from the seed; a HEAD carries
     /// no bytes and is taken at its word.
-    fn is_generation(&self, key: &str, seen: &Seen<'_>, g: u64) -> bool {
+    fn is_generation(&self, kh: &KeyHist, seen: &Seen<'_>, g: u64) -> bool {
         match *seen {
             Seen::Absent => false,
             Seen::Head { .. } => true,
-            Seen::Body { size, sha, .. } => self.slice_sha(key, g, size, 0, size) == sha,
-            Seen::Range { .. } => self.is_range_of(key, seen, g),
+            Seen::Body { size, sha, .. } => self.slice_sha(kh, g, size, 0, size) == sha,
+            Seen::Range { .. } => self.is_range_of(kh, seen, g),
         }
     }
 
@@ -1382,7 +1515,7 @@ impl Oracle {
         };
         let mut matching = allowed
             .values()
-            .filter(|w| self.matches(key, seen, w) && names(w));
+            .filter(|w| self.matches(kh, seen, w) && names(w));
         if let Some(first) = matching.next() {
             return Ok(Some(first.generation));
         }
@@ -1390,7 +1523,7 @@ impl Oracle {
         if allowed.floor > 0
             && let Some(old) = allowed
                 .unfiltered()
-                .find(|w| self.matches(key, seen, w) && names(w))
+                .find(|w| self.matches(kh, seen, w) && names(w))
         {
             return fail(
                 Class::NonMonotonic,
@@ -1416,13 +1549,13 @@ impl Oracle {
             );
         }
         let all = &kh.writes;
-        if let Some(v) = allowed.values().find(|w| self.matches(key, seen, w)) {
+        if let Some(v) = allowed.values().find(|w| self.matches(kh, seen, w)) {
             // Allowed bytes under another generation's metadata: if that
             // generation was written with the same bytes, that is what was seen.
             let g = seen.generation().unwrap_or_default();
             if let Some(m) = all
                 .iter()
-                .find(|w| w.generation == g && self.matches(key, seen, w))
+                .find(|w| w.generation == g && self.matches(kh, seen, w))
             {
                 return Err((
                     unallowed_class(m.generation, allowed.base),
@@ -1442,7 +1575,7 @@ impl Oracle {
             return fail(Class::LostWrite, seen.describe());
         }
         // A value outside the allowed set: name it by what it was.
-        if let Some(m) = all.iter().find(|w| self.matches(key, seen, w) && names(w)) {
+        if let Some(m) = all.iter().find(|w| self.matches(kh, seen, w) && names(w)) {
             return Err((
                 unallowed_class(m.generation, allowed.base),
                 format!("{} ({})", m.describe(), seen.describe()),
@@ -1479,7 +1612,7 @@ impl Oracle {
         if let Some(g) = claimed
             && g < oldest_held
             && g <= kh.max_generation
-            && self.is_generation(key, seen, g)
+            && self.is_generation(kh, seen, g)
         {
             return fail(
                 unallowed_class(g, allowed.base),
@@ -1503,7 +1636,7 @@ impl Oracle {
                 let end = last.saturating_add(1).min(w.size);
                 w.size == total
                     && first <= end
-                    && self.slice_sha(key, w.generation, w.size, first, end) == sha
+                    && self.slice_sha(kh, w.generation, w.size, first, end) == sha
             })
         {
             let want = expected_range(spec, total)
@@ -1539,8 +1672,12 @@ impl Oracle {
     /// Checks one LIST page: its findings and how many keys it covered;
     /// `None` if the page carries no parsable detail.
     fn check_page(&mut self, op: &OpRecord) -> Option<(Vec<Finding>, u64)> {
-        let view: PageView<'_> = serde_json::from_str(op.detail.as_deref()?).ok()?;
-        let page = view.as_strs();
+        let view = page::parse(op.detail.as_deref()?)?;
+        let page = Page {
+            after: view.after.as_deref(),
+            keys: &view.keys,
+            truncated: view.truncated,
+        };
         let contract = self.info.contract;
         let mut findings = Vec::new();
         let mk = |class: Class,
@@ -1563,30 +1700,30 @@ impl Oracle {
         // Protocol: strictly increasing, after the page's lower bound.
         let mut ordered = true;
         for pair in entries.windows(2) {
-            if pair[0].0 >= pair[1].0 {
+            if *pair[0].0 >= *pair[1].0 {
                 ordered = false;
                 findings.push(mk(
                     Class::ListProtocol,
-                    Some(pair[1].0),
+                    Some(&*pair[1].0),
                     "keys in strictly increasing order".into(),
-                    format!("{} after {}", pair[1].0, pair[0].0),
+                    format!("{} after {}", &*pair[1].0, &*pair[0].0),
                     Vec::new(),
                 ));
             }
         }
         if let (Some(a), Some(first)) = (&page.after, entries.first())
-            && first.0 <= *a
+            && *first.0 <= **a
         {
             findings.push(mk(
                 Class::ListProtocol,
-                Some(first.0),
+                Some(&*first.0),
                 format!("keys after {a}"),
-                format!("{} (a continuation that repeats)", first.0),
+                format!("{} (a continuation that repeats)", &*first.0),
                 Vec::new(),
             ));
         }
         let upper = if page.truncated {
-            Some(entries.last()?.0)
+            Some(&*entries.last()?.0)
         } else {
             None
         };
@@ -1611,8 +1748,8 @@ impl Oracle {
             phantoms.extend(
                 entries
                     .iter()
-                    .filter(|e| unknown(e.0))
-                    .map(|e| phantom(e.0)),
+                    .filter(|e| unknown(&e.0))
+                    .map(|e| phantom(&e.0)),
             );
         }
         // Entries by key without the prefix (the run's keys are filed so).
@@ -1621,17 +1758,18 @@ impl Oracle {
         } else {
             entries
                 .iter()
-                .filter_map(|(k, s, e)| Some((k.strip_prefix(prefix)?, (*s, *e))))
+                .filter_map(|(k, s, e)| Some((k.strip_prefix(prefix)?, (*s, e.as_deref()))))
                 .collect()
         };
         // Every key of the run in the page's range, merged with the sorted entries.
         let mut in_range = Vec::with_capacity(entries.len() + PAGE_ENTRIES);
-        if let Some(bounds) = run_key_range(prefix, page.after, upper) {
-            for (rest, &i) in self.ordered.range::<str, _>(bounds) {
+        if let Some((lower, upper)) = run_key_range(prefix, page.after, upper) {
+            let bounds = (lower.map(OrdKey::of), upper.map(OrdKey::of));
+            for (k, &i) in self.ordered.range(bounds) {
                 // Ask for every key's newest write at once: one after the
                 // other, each is a cache miss the walk would wait for.
                 prefetch(&self.newest[i as usize]);
-                in_range.push((rest.as_str(), i));
+                in_range.push((k.rest.as_str(), i));
             }
         }
         // A key whose newest write was acknowledged before the page was
@@ -1651,16 +1789,16 @@ impl Oracle {
             let newest = &self.newest[i];
             let listed = if ordered {
                 while cursor < entries.len()
-                    && cmp_run_key(entries[cursor].0, prefix, rest) == Ordering::Less
+                    && cmp_run_key(&entries[cursor].0, prefix, rest) == Ordering::Less
                 {
-                    if unknown(entries[cursor].0) {
-                        phantoms.push(phantom(entries[cursor].0));
+                    if unknown(&entries[cursor].0) {
+                        phantoms.push(phantom(&entries[cursor].0));
                     }
                     cursor += 1;
                 }
                 let hit = cursor < entries.len()
-                    && cmp_run_key(entries[cursor].0, prefix, rest) == Ordering::Equal;
-                let listed = hit.then(|| (entries[cursor].1, entries[cursor].2));
+                    && cmp_run_key(&entries[cursor].0, prefix, rest) == Ordering::Equal;
+                let listed = hit.then(|| (entries[cursor].1, entries[cursor].2.as_deref()));
                 cursor += usize::from(hit);
                 listed
             } else {
@@ -1716,7 +1854,7 @@ impl Oracle {
                             Class::MetadataMismatch,
                             format!(
                                 "listed with {size} bytes, ETag {}{shows}",
-                                etag.unwrap_or("none")
+                                etag.map_or("none".into(), |e| format!("\"{e}\""))
                             ),
                         )
                     } else {
@@ -1729,107 +1867,11 @@ impl Oracle {
         }
         if ordered {
             // Entries past the run's last key in range.
-            let rest = entries[cursor..].iter().filter(|e| unknown(e.0));
-            phantoms.extend(rest.map(|e| phantom(e.0)));
+            let rest = entries[cursor..].iter().filter(|e| unknown(&e.0));
+            phantoms.extend(rest.map(|e| phantom(&e.0)));
         }
         findings.extend(phantoms);
         Some((findings, covered))
-    }
-}
-
-/// The parts of a LIST page's `ListDetail` the check reads, borrowed from
-/// the JSON where they can be (the check parses every page).
-#[derive(Deserialize)]
-struct PageView<'a> {
-    #[serde(borrow)]
-    after: Option<Str<'a>>,
-    #[serde(borrow, deserialize_with = "page_entries")]
-    keys: Vec<PageEntry<'a>>,
-    truncated: bool,
-}
-
-type PageEntry<'a> = (Str<'a>, u64, Option<Str<'a>>);
-
-/// Entries a page is read into before it has to grow (the workload asks
-/// for 25 keys a page).
-const PAGE_ENTRIES: usize = 32;
-
-/// A page's entries in one allocation: serde's own `Vec` starts at 4 and
-/// grows as entries arrive, three reallocations for every page of 25.
-fn page_entries<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PageEntry<'de>>, D::Error> {
-    struct V;
-    impl<'de> serde::de::Visitor<'de> for V {
-        type Value = Vec<PageEntry<'de>>;
-        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("a list of LIST entries")
-        }
-        fn visit_seq<A: serde::de::SeqAccess<'de>>(
-            self,
-            mut seq: A,
-        ) -> Result<Self::Value, A::Error> {
-            let mut entries = Vec::with_capacity(seq.size_hint().unwrap_or(PAGE_ENTRIES));
-            while let Some(e) = seq.next_element()? {
-                entries.push(e);
-            }
-            Ok(entries)
-        }
-    }
-    d.deserialize_seq(V)
-}
-
-/// A page as plain string slices.
-struct Page<'a> {
-    after: Option<&'a str>,
-    keys: Vec<(&'a str, u64, Option<&'a str>)>,
-    truncated: bool,
-}
-
-impl PageView<'_> {
-    fn as_strs(&self) -> Page<'_> {
-        Page {
-            after: self.after.as_deref(),
-            keys: self
-                .keys
-                .iter()
-                .map(|(k, size, etag)| (&**k, *size, etag.as_deref()))
-                .collect(),
-            truncated: self.truncated,
-        }
-    }
-}
-
-/// A JSON string borrowed when it has no escape (keys the workload
-/// writes), copied when it has one (every ETag: `"\"…\""`). serde's own
-/// `Cow<str>` borrows only as a struct's field, never inside a tuple, so
-/// every key of every page was copied.
-struct Str<'a>(Cow<'a, str>);
-
-impl std::ops::Deref for Str<'_> {
-    type Target = str;
-    fn deref(&self) -> &str {
-        &self.0
-    }
-}
-
-impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Str<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Str<'de>, E> {
-                Ok(Str(Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
     }
 }
 
@@ -1852,11 +1894,21 @@ pub fn check(info: &RunInfo, ops: impl IntoIterator<Item = OpRecord>) -> Verdict
 
 /// Asks for the cache lines of `value` ahead of their use.
 fn prefetch<T>(value: &T) {
+    prefetch_raw((value as *const T).cast(), std::mem::size_of::<T>());
+}
+
+fn prefetch_bytes(bytes: &[u8]) {
+    prefetch_raw(bytes.as_ptr(), bytes.len());
+}
+
+fn prefetch_raw(p: *const u8, len: usize) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        let p = (value as *const T).cast::<i8>();
-        for line in (0..std::mem::size_of::<T>()).step_by(64) {
+        let p = p.cast::<i8>();
+        for line in (0..len).step_by(64) {
             // SAFETY: a prefetch is a hint that never faults, whatever
             // the address; SSE is part of every x86-64.
             unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };

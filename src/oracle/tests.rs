@@ -1280,3 +1280,33 @@ fn run_keys_order_and_range_as_full_keys_do() {
         Some((Bound::Excluded("x"), Bound::Included("x")))
     );
 }
+
+#[test]
+fn ordered_keys_sort_as_their_strings() {
+    let keys = [
+        "",
+        "\0",
+        "a",
+        "a\0",
+        "ab",
+        "w003/k00025",
+        "w003/k000251",
+        "w003/k00026",
+        "0123456789abcdef",
+        "0123456789abcdef\0",
+        "0123456789abcdefg",
+        "0123456789abcdeg",
+        "é",
+        "ü-very-long-key-beyond-sixteen-bytes/a",
+        "ü-very-long-key-beyond-sixteen-bytes/b",
+    ];
+    for a in keys {
+        for b in keys {
+            assert_eq!(
+                OrdKey::of(a).cmp(&OrdKey::of(b)),
+                a.cmp(b),
+                "{a:?} vs {b:?}"
+            );
+        }
+    }
+}

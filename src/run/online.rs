@@ -223,19 +223,9 @@ fn check_loop(
     let mut all: Vec<Finding> = Vec::new();
     let mut known_kept = 0;
     let mut known_not_kept = std::collections::BTreeMap::new();
-    // Keeps a finding for the verdict: every violation, the first known
-    // deviations whole and the rest as counts.
-    let mut keep = |f: &Finding| {
-        if known_deviation(tolerate, f).is_none() {
-            all.push(f.clone());
-        } else if known_kept < KNOWN_KEPT {
-            known_kept += 1;
-            all.push(f.clone());
-        } else {
-            *known_not_kept.entry(f.class).or_insert(0u64) += 1;
-        }
-    };
-    let emit = |findings: Vec<Finding>, faults: &[FaultRecord]| {
+    // Records, logs and sends each finding, then keeps it for the verdict:
+    // every violation, the first known deviations whole, the rest as counts.
+    let mut emit = |findings: Vec<Finding>, faults: &[FaultRecord]| {
         for f in findings {
             let known = known_deviation(tolerate, &f);
             status.record(&f, known.is_some());
@@ -246,6 +236,12 @@ fn check_loop(
             if let Some(l) = &ledger {
                 let record = finding_record(&f, faults, known);
                 let _ = l.send(Record::Finding(Box::new(record)));
+            }
+            if known.is_none() || known_kept < KNOWN_KEPT {
+                known_kept += usize::from(known.is_some());
+                all.push(f);
+            } else {
+                *known_not_kept.entry(f.class).or_insert(0u64) += 1;
             }
         }
     };
@@ -260,7 +256,6 @@ fn check_loop(
                 status
                     .waiting
                     .store(oracle.waiting() as u64, Ordering::Relaxed);
-                found.iter().for_each(&mut keep);
                 emit(found, &faults);
             }
             Tapped::Fault(f) => match faults.iter_mut().find(|x| x.id == f.id) {
@@ -273,7 +268,6 @@ fn check_loop(
     // Finishing judges what was still waiting; its findings are new.
     let mut verdict = oracle.finish();
     let last = std::mem::take(&mut verdict.findings);
-    last.iter().for_each(&mut keep);
     emit(last, &faults);
     status
         .checked
