@@ -833,12 +833,12 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
     // this check agrees with it.
     if v.agrees_with_online() {
         println!(
-            "the online check recorded the same {} findings",
+            "the online check recorded the same {} findings (on the operations the ledger holds)",
             v.recorded.len()
         );
     } else {
         println!(
-            "the online check recorded {} findings, this check found {}: they differ",
+            "the online check recorded {} findings (on the operations the ledger holds), this check found {}: they differ",
             v.recorded.len(),
             v.verdict.findings.len()
         );

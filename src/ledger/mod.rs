@@ -24,15 +24,17 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags, params};
+use serde::Deserialize;
 
 use crate::history::{ErrorClass, OpKind, Origin, Outcome};
 
 pub mod retention;
 pub use retention::{Pruned, Retention};
 
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 /// The oldest schema this faultline still reads: version 4 only added
-/// `fault_folded`, which readers treat as empty when absent.
+/// `fault_folded`, which readers treat as empty when absent, and version 5
+/// `finding_writes`, which only the writer's retention reads.
 pub const SCHEMA_VERSION_READ_FROM: i64 = 3;
 
 /// Records queued for the writer before producers wait.
@@ -128,6 +130,13 @@ CREATE TABLE findings (
     witness   TEXT NOT NULL,         -- JSON: the read, the writes, the fault active
     known     TEXT                   -- a known deviation of the store: why it is tolerated
 );
+
+-- Writes some finding's witness names: retention keeps them, so that
+-- `verify` names a value the way the online check did (a LIST page showing
+-- a long-superseded version is named by that version's write).
+CREATE TABLE finding_writes (
+    op_id INTEGER PRIMARY KEY
+) WITHOUT ROWID;
 
 -- Periodic snapshots: ops/s, errors, live objects and bytes, runner RSS.
 CREATE TABLE metrics (
@@ -661,6 +670,21 @@ fn write_record(
                 x.witness,
                 x.known,
             ])?;
+            #[derive(Deserialize)]
+            struct Witness {
+                writes: Vec<WitnessId>,
+            }
+            #[derive(Deserialize)]
+            struct WitnessId {
+                op_id: u64,
+            }
+            if let Ok(w) = serde_json::from_str::<Witness>(&x.witness) {
+                let mut stmt =
+                    tx.prepare_cached("INSERT OR IGNORE INTO finding_writes (op_id) VALUES (?1)")?;
+                for id in w.writes {
+                    stmt.execute([id.op_id as i64])?;
+                }
+            }
         }
         Record::Flush(_) => {}
     }
@@ -811,11 +835,22 @@ impl LedgerReader {
 
     /// Every finding, in the order they were recorded.
     pub fn findings(&self) -> Result<Vec<FindingRecord>, LedgerError> {
+        self.findings_where("TRUE")
+    }
+
+    /// The findings whose operation is still in `ops` (retention folds
+    /// reads, and their findings stay).
+    pub fn findings_of_kept_ops(&self) -> Result<Vec<FindingRecord>, LedgerError> {
+        self.findings_where("op_id IS NULL OR op_id IN (SELECT id FROM ops)")
+    }
+
+    fn findings_where(&self, condition: &str) -> Result<Vec<FindingRecord>, LedgerError> {
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT class, key, op_id, fault_id, t_ns, expected, seen, witness, known FROM findings ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT class, key, op_id, fault_id, t_ns, expected, seen, witness, known FROM findings
+                 WHERE {condition} ORDER BY id"
+            ))
             .map_err(sql_err(&self.path))?;
         let rows = stmt
             .query_map([], |r| {

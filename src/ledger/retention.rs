@@ -225,7 +225,8 @@ fn prune_slice(
     // Writes w whose first acknowledged successor s returned in the slice
     // (w is s's acknowledged predecessor p or a write between p and s),
     // with no read of the key and no LIST page in flight from w's start
-    // to s's return.
+    // to s's return, and no finding naming w (a store showing a value long
+    // superseded: `verify` must name it as the online check did).
     tx.execute("DELETE FROM doomed", [])?;
     tx.execute(
         "INSERT INTO doomed (id)
@@ -251,7 +252,8 @@ fn prune_slice(
                            WHERE r.key = w.key AND r.kind IN ('get', 'head', 'range')
                              AND r.t_invoke_ns >= w.t_invoke_ns - ?4
                              AND r.t_invoke_ns <= s.t_return_ns
-                             AND r.t_return_ns >= w.t_invoke_ns)",
+                             AND r.t_return_ns >= w.t_invoke_ns)
+           AND w.id NOT IN (SELECT op_id FROM finding_writes)",
         params![from, to, READ_SPAN_MAX_NS, span],
     )?;
     summarize_doomed(tx)?;
@@ -412,9 +414,25 @@ mod tests {
             .collect()
     }
 
+    /// The write the known deviation names in its witness: the first.
+    fn named_write(all: &[OpRecord]) -> &OpRecord {
+        all.iter().find(|o| is_write(o)).unwrap()
+    }
+
     /// Writes `history()` with fault windows at 40-52 s and 60-62 s, a
-    /// finding at 80 s and a known deviation at 20 s into a new ledger.
-    fn write_ledger(path: &std::path::Path, retention: Option<Retention>) -> Vec<OpRecord> {
+    /// finding at 80 s and a known deviation at 20 s (naming the first
+    /// write, if `name_write`) into a new ledger.
+    fn write_ledger(
+        path: &std::path::Path,
+        retention: Option<Retention>,
+        name_write: bool,
+    ) -> Vec<OpRecord> {
+        let all = history();
+        let witness = if name_write {
+            serde_json::json!({"writes": [{"op_id": named_write(&all).id}]}).to_string()
+        } else {
+            "{}".into()
+        };
         let (ledger, writer) = Ledger::create(path, retention, None).unwrap();
         for (id, start, end, recovered) in [(1, 40, 50, 52), (2, 60, 61, 62)] {
             ledger
@@ -455,11 +473,10 @@ mod tests {
                 t_ns: 20 * S,
                 expected: "absent".into(),
                 seen: "on the page".into(),
-                witness: "{}".into(),
+                witness,
                 known: Some("a tolerated deviation".into()),
             })))
             .unwrap();
-        let all = history();
         for o in &all {
             ledger.send(Record::Op(Box::new(o.clone()))).unwrap();
         }
@@ -540,7 +557,7 @@ mod tests {
 
         // The fault's coverage is what the full history gives.
         let full = path.with_file_name("full.sqlite");
-        write_ledger(&full, None);
+        write_ledger(&full, None, false);
         let coverage = |p: &std::path::Path| {
             crate::run::coverage::fault_coverage(&LedgerReader::open(p).unwrap()).unwrap()
         };
@@ -574,7 +591,7 @@ mod tests {
     fn pruning_keeps_every_write_a_retained_read_depends_on() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
-        let all = write_ledger(&path, Some(RETENTION));
+        let all = write_ledger(&path, Some(RETENTION), false);
         let horizon = horizon(&all);
         assert_pruned(&path, &all, |o| {
             o.t_return_ns >= horizon
@@ -585,6 +602,20 @@ mod tests {
     }
 
     #[test]
+    fn pruning_keeps_the_writes_a_finding_names() {
+        let kept = |name_write| {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("ledger.sqlite");
+            let all = write_ledger(&path, Some(RETENTION), name_write);
+            let ops = LedgerReader::open(&path).unwrap().ops().unwrap();
+            ops.iter().any(|o| o.id == named_write(&all).id)
+        };
+        // Pruned like any superseded write, unless a finding names it.
+        assert!(!kept(false));
+        assert!(kept(true));
+    }
+
+    #[test]
     fn over_its_budget_the_ledger_folds_history_near_faults_too() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("ledger.sqlite");
@@ -592,7 +623,7 @@ mod tests {
             budget_bytes: 1,
             ..RETENTION
         };
-        let all = write_ledger(&path, Some(retention));
+        let all = write_ledger(&path, Some(retention), false);
         let horizon = horizon(&all);
         // Only a finding keeps history now (besides the recent window).
         assert_pruned(&path, &all, |o| {

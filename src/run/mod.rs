@@ -1171,7 +1171,8 @@ pub struct Verified {
     pub tolerate: Vec<Tolerance>,
     pub verdict: Verdict,
     pub operations: u64,
-    /// What the online check recorded in the ledger.
+    /// What the online check recorded in the ledger, of the operations
+    /// it still holds (retention folds old reads, never their findings).
     pub recorded: Vec<crate::ledger::FindingRecord>,
 }
 
@@ -1230,7 +1231,7 @@ pub fn verify(path: &Path) -> Result<Verified, Error> {
         tolerate: oracle.tolerate,
         verdict,
         operations,
-        recorded: ledger.findings()?,
+        recorded: ledger.findings_of_kept_ops()?,
     })
 }
 
