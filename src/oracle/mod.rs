@@ -54,7 +54,7 @@ use crate::workload::body::{Body, key_tag, run_tag};
 mod page;
 pub mod synth;
 
-use page::{PAGE_ENTRIES, Page};
+use page::PAGE_ENTRIES;
 
 /// The violation classes of oracle.md §4.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -1673,11 +1673,7 @@ impl Oracle {
     /// `None` if the page carries no parsable detail.
     fn check_page(&mut self, op: &OpRecord) -> Option<(Vec<Finding>, u64)> {
         let view = page::parse(op.detail.as_deref()?)?;
-        let page = Page {
-            after: view.after.as_deref(),
-            keys: &view.keys,
-            truncated: view.truncated,
-        };
+        let after = view.after.as_deref();
         let contract = self.info.contract;
         let mut findings = Vec::new();
         let mk = |class: Class,
@@ -1696,7 +1692,7 @@ impl Oracle {
                 writes,
             }
         };
-        let entries = &page.keys;
+        let entries = &view.keys;
         // Protocol: strictly increasing, after the page's lower bound.
         let mut ordered = true;
         for pair in entries.windows(2) {
@@ -1711,8 +1707,8 @@ impl Oracle {
                 ));
             }
         }
-        if let (Some(a), Some(first)) = (&page.after, entries.first())
-            && *first.0 <= **a
+        if let (Some(a), Some(first)) = (after, entries.first())
+            && *first.0 <= *a
         {
             findings.push(mk(
                 Class::ListProtocol,
@@ -1722,7 +1718,7 @@ impl Oracle {
                 Vec::new(),
             ));
         }
-        let upper = if page.truncated {
+        let upper = if view.truncated {
             Some(&*entries.last()?.0)
         } else {
             None
@@ -1763,7 +1759,7 @@ impl Oracle {
         };
         // Every key of the run in the page's range, merged with the sorted entries.
         let mut in_range = Vec::with_capacity(entries.len() + PAGE_ENTRIES);
-        if let Some((lower, upper)) = run_key_range(prefix, page.after, upper) {
+        if let Some((lower, upper)) = run_key_range(prefix, after, upper) {
             let bounds = (lower.map(OrdKey::of), upper.map(OrdKey::of));
             for (k, &i) in self.ordered.range(bounds) {
                 // Ask for every key's newest write at once: one after the

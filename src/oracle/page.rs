@@ -33,13 +33,6 @@ pub(super) type PageEntry<'a> = (Str<'a>, u64, Option<ETag<'a>>);
 /// for 25 keys a page).
 pub(super) const PAGE_ENTRIES: usize = 32;
 
-/// A page as plain string slices.
-pub(super) struct Page<'a> {
-    pub after: Option<&'a str>,
-    pub keys: &'a [PageEntry<'a>],
-    pub truncated: bool,
-}
-
 /// Reads a page's detail; `None` if it is not one.
 pub(super) fn parse(detail: &str) -> Option<PageView<'_>> {
     scan(detail).or_else(|| serde_json::from_str(detail).ok())
