@@ -673,6 +673,21 @@ impl KeyHist {
         allowed_of(&self.writes, t_invoke, t_return, floor)
     }
 
+    /// Asks for the candidate writes (the first few) and, for a write,
+    /// the slot in `past` its prune would fill.
+    fn prefetch(&self, write: bool) {
+        let held = &self.writes[..self.writes.len().min(4)];
+        prefetch_raw(held.as_ptr().cast(), std::mem::size_of_val(held));
+        if write && let Some(p) = self.past.front() {
+            // Full, the ring's next value takes the oldest one's place.
+            prefetch(if self.past.len() == PAST_KEPT_MAX {
+                p
+            } else {
+                self.past.back().unwrap_or(p)
+            });
+        }
+    }
+
     /// Drops what no read invoked at or after `horizon` can need.
     fn prune(&mut self, horizon: u64) {
         let returned_before = self.writes.partition_point(|w| w.t_return < horizon);
@@ -684,6 +699,9 @@ impl KeyHist {
             for w in self.writes.drain(..b).filter(|w| !w.deleted) {
                 if self.past.len() == PAST_KEPT_MAX {
                     self.past.pop_front();
+                } else if self.past.capacity() == 0 {
+                    // Once, not in three steps of growth: a key's ring fills.
+                    self.past.reserve_exact(PAST_KEPT_MAX);
                 }
                 self.past.push_back(Past::of(&w));
             }
@@ -1034,11 +1052,10 @@ impl Oracle {
                 let p = (j + AHEAD) % RING;
                 guessed[p] = self.look_ahead(hashes[p]);
             }
-            if rest.len() >= AHEAD / 2
+            if let Some(near) = rest.get(AHEAD / 2 - 1)
                 && let Some(i) = guessed[(j + AHEAD / 2) % RING]
-                && let Some(w) = self.hists[i].writes.last()
             {
-                prefetch(w);
+                self.hists[i].prefetch(near.kind.is_write());
             }
             self.observe_found(op, guessed[j % RING]);
             j += 1;
@@ -1186,19 +1203,19 @@ impl Oracle {
         }
         let key = if op.kind == OpKind::List { None } else { found };
         if self.quiescent {
-            self.judge(op, key, true);
+            self.judge(&op, key, true);
             return;
         }
         if key.is_none() && op.kind != OpKind::List && op.http_status == Some(404) {
             // Absent is what a never-written key is: nothing to wait for.
-            self.judge(op, None, true);
+            self.judge(&op, None, true);
             return;
         }
         let owner = key.map(|i| (i, self.hists[i].owner as usize));
         match owner {
             Some((i, w)) if w < self.waiting_owner.len() => {
                 if self.progress[w] >= op.t_return_ns {
-                    self.judge(op, key, true);
+                    self.judge(&op, key, true);
                 } else {
                     self.waiting_invokes.add(op.t_invoke_ns);
                     self.waiting_owner[w].push_back((i as u32, op));
@@ -1206,7 +1223,7 @@ impl Oracle {
             }
             _ => {
                 if self.global_progress() >= op.t_return_ns {
-                    self.judge(op, key, true);
+                    self.judge(&op, key, true);
                 } else {
                     self.waiting_invokes.add(op.t_invoke_ns);
                     self.waiting_all.push_back(op);
@@ -1228,25 +1245,29 @@ impl Oracle {
             return;
         }
         self.progress[w] = t;
-        while self.waiting_owner[w]
-            .front()
-            .is_some_and(|(_, op)| op.t_return_ns <= t)
-        {
-            let (i, op) = self.waiting_owner[w].pop_front().expect("front exists");
+        // Judged where they wait and dropped there: a record is 240 bytes,
+        // and moving each out of its queue showed in the profile.
+        let mut queue = std::mem::take(&mut self.waiting_owner[w]);
+        let ready = queue
+            .iter()
+            .take_while(|(_, op)| op.t_return_ns <= t)
+            .count();
+        for (i, op) in queue.range(..ready) {
             self.waiting_invokes.remove(op.t_invoke_ns);
-            self.judge(op, Some(i as usize), true);
+            self.judge(op, Some(*i as usize), true);
         }
+        queue.drain(..ready);
+        self.waiting_owner[w] = queue;
         if !self.waiting_all.is_empty() {
             let all = self.global_progress();
-            while self
-                .waiting_all
-                .front()
-                .is_some_and(|op| op.t_return_ns <= all)
-            {
-                let op = self.waiting_all.pop_front().expect("front exists");
+            let mut queue = std::mem::take(&mut self.waiting_all);
+            let ready = queue.iter().take_while(|op| op.t_return_ns <= all).count();
+            for op in queue.range(..ready) {
                 self.waiting_invokes.remove(op.t_invoke_ns);
                 self.judge(op, None, true);
             }
+            queue.drain(..ready);
+            self.waiting_all = queue;
         }
     }
 
@@ -1267,16 +1288,16 @@ impl Oracle {
         self.waiting_invokes = Invokes::new(self.info.read_span_max_ns);
         // Judge in ledger order, as an online check would have.
         waiting.sort_by_key(|(_, op)| op.id);
-        for (key, op) in waiting {
-            self.judge(op, key, exact);
+        for (key, op) in &waiting {
+            self.judge(op, *key, exact);
         }
     }
 
     /// Judges one read; `key` is its key's index when already looked up.
-    fn judge(&mut self, op: OpRecord, key: Option<usize>, exact: bool) {
+    fn judge(&mut self, op: &OpRecord, key: Option<usize>, exact: bool) {
         let is_final = op.origin == Origin::Final;
         let findings = if op.kind == OpKind::List {
-            match self.check_page(&op) {
+            match self.check_page(op) {
                 Some((findings, keys)) => {
                     self.coverage.list_pages_checked += 1;
                     self.coverage.list_keys_checked += keys;
@@ -1288,7 +1309,7 @@ impl Oracle {
                 None => return,
             }
         } else {
-            match self.check_read(&op, key) {
+            match self.check_read(op, key) {
                 Some(findings) => {
                     self.coverage.reads_checked += 1;
                     if is_final {
@@ -1693,6 +1714,12 @@ impl Oracle {
             }
         };
         let entries = &view.keys;
+        let prefix = self.info.prefix.as_str();
+        let upper = if view.truncated {
+            Some(&*entries.last()?.0)
+        } else {
+            None
+        };
         // Protocol: strictly increasing, after the page's lower bound.
         let mut ordered = true;
         for pair in entries.windows(2) {
@@ -1718,11 +1745,6 @@ impl Oracle {
                 Vec::new(),
             ));
         }
-        let upper = if view.truncated {
-            Some(&*entries.last()?.0)
-        } else {
-            None
-        };
         let phantom = |key: &str| {
             mk(
                 Class::Phantom,
@@ -1732,7 +1754,6 @@ impl Oracle {
                 Vec::new(),
             )
         };
-        let prefix = self.info.prefix.as_str();
         let unknown = |key: &str| {
             let k = KeyRef::of(prefix, key);
             k.foreign || self.index.find(k).is_none()
@@ -1772,11 +1793,18 @@ impl Oracle {
         // asked for is judged on that write alone (`Newest`); ask for the
         // other keys' histories now.
         let newest_decides = contract == Contract::ReadAfterWrite;
+        let mut undecided = Vec::new();
         for &(_, i) in &in_range {
             let newest = &self.newest[i as usize];
             if !newest_decides || !newest.acked || newest.t_return >= op.t_invoke_ns {
                 prefetch(&self.hists[i as usize]);
+                undecided.push(i);
             }
+        }
+        // Then their candidate writes, which a history points to: the
+        // histories asked for above arrive together, not one by one.
+        for i in undecided {
+            self.hists[i as usize].prefetch(false);
         }
         let mut covered = 0;
         let mut cursor = 0;
