@@ -678,13 +678,16 @@ impl KeyHist {
     fn prefetch(&self, write: bool) {
         let held = &self.writes[..self.writes.len().min(4)];
         prefetch_raw(held.as_ptr().cast(), std::mem::size_of_val(held));
-        if write && let Some(p) = self.past.front() {
+        if write {
             // Full, the ring's next value takes the oldest one's place.
-            prefetch(if self.past.len() == PAST_KEPT_MAX {
-                p
+            let slot = if self.past.len() == PAST_KEPT_MAX {
+                self.past.front()
             } else {
-                self.past.back().unwrap_or(p)
-            });
+                self.past.back()
+            };
+            if let Some(p) = slot {
+                prefetch(p);
+            }
         }
     }
 
