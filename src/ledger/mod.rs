@@ -46,6 +46,8 @@ const BATCH_MAX: usize = 8_192;
 /// of operations a second) one per record made the ledger a quarter of
 /// the runner's CPU; a runner SIGKILLed loses at most this much history.
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
+/// How often a group commit's window looks for more records (and a flush).
+const GATHER_TICK: Duration = Duration::from_millis(10);
 
 /// The indexes of `ops`, for post-mortem queries and retention.
 pub(crate) const INDEXES: &str = "CREATE INDEX IF NOT EXISTS ops_by_key ON ops (key, t_invoke_ns);
@@ -329,16 +331,24 @@ pub struct Ledger {
 
 /// Joins the writer thread; keep it until the run's end.
 pub struct LedgerWriter {
-    thread: JoinHandle<Result<u64, LedgerError>>,
+    /// Records written, and the CPU the thread used.
+    thread: JoinHandle<(Result<u64, LedgerError>, Duration)>,
 }
 
 impl LedgerWriter {
     /// Waits for the writer to commit everything and exit (all `Ledger`
     /// handles must be dropped first). Returns how many records it wrote.
     pub fn finish(self) -> Result<u64, LedgerError> {
-        self.thread
+        self.finish_timed().map(|(records, _)| records)
+    }
+
+    /// `finish`, and the CPU the writer's thread used (`bench runner`).
+    pub fn finish_timed(self) -> Result<(u64, Duration), LedgerError> {
+        let (records, cpu) = self
+            .thread
             .join()
-            .map_err(|_| LedgerError::WriterGone("the writer thread panicked".into()))?
+            .map_err(|_| LedgerError::WriterGone("the writer thread panicked".into()))?;
+        Ok((records?, cpu))
     }
 }
 
@@ -398,7 +408,10 @@ impl Ledger {
         let thread_path = path.to_path_buf();
         let thread = std::thread::Builder::new()
             .name("faultline-ledger".into())
-            .spawn(move || write_loop(conn, rx, &thread_path, retention, tap))
+            .spawn(move || {
+                let records = write_loop(conn, rx, &thread_path, retention, tap);
+                (records, crate::bench::thread_cpu_time())
+            })
             .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
         Ok((
             Ledger {
@@ -417,16 +430,23 @@ impl Ledger {
         let thread = std::thread::Builder::new()
             .name("faultline-discard".into())
             .spawn(move || {
+                // Gathered as the writer gathers, so both modes pay the
+                // same for handing records over.
                 let mut dropped = 0;
-                for record in rx {
-                    match record {
-                        Record::Flush(done) => {
-                            let _ = done.send(());
+                let mut batch = Vec::with_capacity(BATCH_MAX);
+                while let Ok(first) = rx.recv() {
+                    batch.push(first);
+                    gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
+                    for record in batch.drain(..) {
+                        match record {
+                            Record::Flush(done) => {
+                                let _ = done.send(());
+                            }
+                            _ => dropped += 1,
                         }
-                        _ => dropped += 1,
                     }
                 }
-                Ok(dropped)
+                (Ok(dropped), crate::bench::thread_cpu_time())
             })
             .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
         Ok((
@@ -458,6 +478,30 @@ impl Ledger {
     }
 }
 
+/// Gathers what arrives until `until`, a flush or a full batch. Sleeps in
+/// ticks instead of waiting on the channel: a waiting receiver is woken by
+/// every record, and on this VM each wake-up cost the thread 10-15 µs of
+/// CPU, most of what the ledger added to the runner (BENCHMARKS.md §1).
+fn gather(rx: &mpsc::Receiver<Record>, batch: &mut Vec<Record>, until: Instant) {
+    let mut flush = batch.iter().any(|r| matches!(r, Record::Flush(_)));
+    while batch.len() < BATCH_MAX && !flush {
+        match rx.try_recv() {
+            Ok(r) => {
+                flush = matches!(r, Record::Flush(_));
+                batch.push(r);
+            }
+            Err(mpsc::TryRecvError::Empty) => {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                std::thread::sleep(left.min(GATHER_TICK));
+            }
+            Err(mpsc::TryRecvError::Disconnected) => break,
+        }
+    }
+}
+
 fn write_loop(
     mut conn: Connection,
     rx: mpsc::Receiver<Record>,
@@ -476,18 +520,8 @@ fn write_loop(
     while let Ok(first) = rx.recv() {
         // Group commit: what arrives within COMMIT_EVERY of the first
         // record shares its transaction (a flush commits at once).
-        let until = Instant::now() + COMMIT_EVERY;
-        let mut flush = matches!(first, Record::Flush(_));
         batch.push(first);
-        while batch.len() < BATCH_MAX && !flush {
-            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                Ok(r) => {
-                    flush = matches!(r, Record::Flush(_));
-                    batch.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
         let mut flushes = Vec::new();
         let tx = conn.transaction().map_err(sql_err(path))?;
         let mut ops_stmt = tx.prepare_cached(INSERT_OP).map_err(sql_err(path))?;

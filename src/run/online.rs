@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::cluster::profile::{Tolerance, known_deviation};
 use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, Tap, Tapped};
@@ -154,7 +154,8 @@ pub fn summary(f: &Finding) -> String {
 pub struct Online {
     tap: Tap,
     ledger_tx: mpsc::SyncSender<Ledger>,
-    thread: JoinHandle<Verdict>,
+    /// The verdict, and the CPU the thread used.
+    thread: JoinHandle<(Verdict, Duration)>,
     pub status: Arc<Status>,
 }
 
@@ -174,7 +175,7 @@ impl Online {
                 let guard = LostOnPanic(&thread_status);
                 let verdict = check_loop(info, &tolerate, rx, ledger, &thread_status);
                 std::mem::forget(guard);
-                verdict
+                (verdict, crate::bench::thread_cpu_time())
             })
             .expect("a thread can be spawned at start-up");
         (
@@ -197,6 +198,11 @@ impl Online {
     /// `Ledger::flush` first): judges what is still waiting and returns the
     /// verdict; `None` if the checker died.
     pub fn finish(self) -> Option<Verdict> {
+        self.finish_timed().map(|(verdict, _)| verdict)
+    }
+
+    /// `finish`, and the CPU the checker's thread used (`bench runner`).
+    pub fn finish_timed(self) -> Option<(Verdict, Duration)> {
         let _ = self.tap.send(Tapped::End);
         self.thread.join().ok()
     }
