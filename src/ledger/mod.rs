@@ -519,7 +519,8 @@ fn write_loop(
     let mut progress = retention::Progress::default();
     while let Ok(first) = rx.recv() {
         // Group commit: what arrives within COMMIT_EVERY of the first
-        // record shares its transaction (a flush commits at once).
+        // record shares its transaction (a flush commits as soon as the
+        // gathering sees it, within a tick).
         batch.push(first);
         gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
         let mut flushes = Vec::new();
