@@ -1019,7 +1019,8 @@ impl Oracle {
     /// key's bytes and the start of a page's text are asked for,
     /// 2 x AHEAD ahead the key is hashed and its slot asked for, AHEAD
     /// ahead the slot gives a guessed index whose state is asked for, and
-    /// halfway from there the key's newest write.
+    /// halfway from there the key's first candidate writes and, for a
+    /// write, the past-values slot its prune fills (`KeyHist::prefetch`).
     pub fn observe_all(&mut self, ops: &mut Vec<OpRecord>) {
         const AHEAD: usize = 16;
         const RING: usize = 4 * AHEAD;
