@@ -1797,17 +1797,16 @@ impl Oracle {
         // asked for is judged on that write alone (`Newest`); ask for the
         // other keys' histories now.
         let newest_decides = contract == Contract::ReadAfterWrite;
-        let mut undecided = Vec::new();
-        for &(_, i) in &in_range {
+        let undecided = |i: u32| {
             let newest = &self.newest[i as usize];
-            if !newest_decides || !newest.acked || newest.t_return >= op.t_invoke_ns {
-                prefetch(&self.hists[i as usize]);
-                undecided.push(i);
-            }
+            !newest_decides || !newest.acked || newest.t_return >= op.t_invoke_ns
+        };
+        for &(_, i) in in_range.iter().filter(|(_, i)| undecided(*i)) {
+            prefetch(&self.hists[i as usize]);
         }
         // Then their candidate writes, which a history points to: the
         // histories asked for above arrive together, not one by one.
-        for i in undecided {
+        for &(_, i) in in_range.iter().filter(|(_, i)| undecided(*i)) {
             self.hists[i as usize].prefetch(false);
         }
         let mut covered = 0;
