@@ -136,27 +136,12 @@ pub fn ledger(ops: usize, keys: usize, seed: u64, path: &Path) -> Result<u8, Err
         read_span_max_ns: info.read_span_max_ns,
         tolerate: Vec::new(),
     };
-    for (key, value) in [
-        ("seed", seed.to_string()),
-        ("prefix", info.prefix.clone()),
-        (
-            "oracle",
-            serde_json::to_string(&oracle).expect("serialises"),
-        ),
-    ] {
-        ledger.send(Record::Meta {
-            key: key.into(),
-            value,
-        })?;
-    }
+    send_check_meta(&ledger, seed, &info.prefix, &oracle)?;
     let started = Instant::now();
     for r in records {
         ledger.send(r)?;
     }
-    ledger.send(Record::Meta {
-        key: "finished_at".into(),
-        value: crate::cluster::utc_now(),
-    })?;
+    send_finished(&ledger)?;
     // Everything sent is committed once the flush is answered; what
     // follows happens once, at the end of a run.
     ledger.flush()?;
@@ -185,6 +170,34 @@ pub fn ledger(ops: usize, keys: usize, seed: u64, path: &Path) -> Result<u8, Err
     Ok(exit::PASS)
 }
 
+/// What `faultline verify` needs to re-check a benchmark's ledger.
+fn send_check_meta(
+    ledger: &Ledger,
+    seed: u64,
+    prefix: &str,
+    oracle: &OracleMeta,
+) -> Result<(), Error> {
+    for (key, value) in [
+        ("seed", seed.to_string()),
+        ("prefix", prefix.to_string()),
+        ("oracle", serde_json::to_string(oracle).expect("serialises")),
+    ] {
+        ledger.send(Record::Meta {
+            key: key.into(),
+            value,
+        })?;
+    }
+    Ok(())
+}
+
+/// Marks the history complete (every write the workload made is in it).
+fn send_finished(ledger: &Ledger) -> Result<(), Error> {
+    Ok(ledger.send(Record::Meta {
+        key: "finished_at".into(),
+        value: crate::cluster::utc_now(),
+    })?)
+}
+
 /// One phase of `bench runner`.
 struct Phase {
     full: bool,
@@ -193,13 +206,30 @@ struct Phase {
     cpu: Duration,
     /// Of `cpu`, what the ledger writer's and the online check's threads
     /// used (full mode).
-    recording_cpu: Duration,
+    ledger_cpu: Duration,
+    oracle_cpu: Duration,
+    /// Of `ledger_cpu`, the ledger's end (indexes built, WAL folded back).
+    end_cpu: Duration,
     findings: u64,
 }
 
+impl Phase {
+    fn rate(&self) -> f64 {
+        per_s(self.ops, self.wall)
+    }
+
+    fn cpu_per_op(&self) -> f64 {
+        self.cpu.as_secs_f64() / self.ops.max(1) as f64
+    }
+}
+
 /// Runs the profile's workload against one booted cluster for `phase` at a
-/// time, `rounds` times in each mode (raw first in even rounds, full first
-/// in odd ones, so drift in the cluster's speed hits both alike).
+/// time: raw, full, raw, ... raw, `rounds` full phases each between two raw
+/// ones. The cluster's and the VM's speed drift over minutes by more than
+/// the targets, so each full phase is compared with the mean of the raw
+/// phases on either side (which cancels a steady drift), and the verdict is
+/// the median over the full phases (which a phase disturbed by a Garage
+/// compaction or a noisy neighbour does not move).
 pub async fn runner(
     opts: BootOptions,
     wl: WorkloadConfig,
@@ -211,46 +241,49 @@ pub async fn runner(
         return Ok(exit::INFRA);
     };
     println!(
-        "bench runner: {} with {} workers, {} rounds of {} per mode; run directory {}",
+        "bench runner: {} with {} workers, {} full phases of {} between {} raw ones; run directory {}",
         cluster.profile.name,
         wl.workers,
         rounds,
         humantime::format_duration(phase),
+        rounds + 1,
         cluster.run_dir().display()
     );
+    let plan: Vec<bool> = (0..=2 * rounds).map(|i| i % 2 == 1).collect();
     let mut phases = Vec::new();
     let mut result = Ok(());
-    'rounds: for round in 0..rounds {
-        for full in [round % 2 == 1, round % 2 == 0] {
-            let p = tokio::select! {
-                p = one_phase(&cluster, &wl, opts.seed, round, full, phase) => p,
-                _ = interrupts.next() => { result = Err(Error::Interrupted); break 'rounds; }
-            };
-            match p {
-                Ok(p) => {
-                    println!(
-                        "  round {round} {:<4}: {:>7} ops in {:.1} s, {:>6.0} ops/s, CPU {:.1} s, {:.0} µs CPU per op{}",
-                        if p.full { "full" } else { "raw" },
-                        p.ops,
-                        p.wall.as_secs_f64(),
-                        per_s(p.ops, p.wall),
-                        p.cpu.as_secs_f64(),
-                        p.cpu.as_secs_f64() * 1e6 / p.ops.max(1) as f64,
-                        if p.full {
-                            format!(
-                                ", of it ledger + oracle threads {:.2} s",
-                                p.recording_cpu.as_secs_f64()
-                            )
-                        } else {
-                            String::new()
-                        }
-                    );
-                    phases.push(p);
-                }
-                Err(e) => {
-                    result = Err(e);
-                    break 'rounds;
-                }
+    for (i, full) in plan.into_iter().enumerate() {
+        let p = tokio::select! {
+            p = one_phase(&cluster, &wl, opts.seed, i as u32, full, phase) => p,
+            _ = interrupts.next() => { result = Err(Error::Interrupted); break; }
+        };
+        match p {
+            Ok(p) => {
+                println!(
+                    "  phase {i:>2} {:<4}: {:>7} ops in {:.1} s, {:>6.0} ops/s, CPU {:.1} s, {:.0} µs CPU per op{}",
+                    if p.full { "full" } else { "raw" },
+                    p.ops,
+                    p.wall.as_secs_f64(),
+                    p.rate(),
+                    p.cpu.as_secs_f64(),
+                    p.cpu_per_op() * 1e6,
+                    if p.full {
+                        format!(
+                            ", of it the ledger's thread {:.2} s ({:.2} s at its end), \
+                             the oracle's {:.2} s",
+                            p.ledger_cpu.as_secs_f64(),
+                            p.end_cpu.as_secs_f64(),
+                            p.oracle_cpu.as_secs_f64()
+                        )
+                    } else {
+                        String::new()
+                    }
+                );
+                phases.push(p);
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
             }
         }
     }
@@ -266,10 +299,6 @@ pub async fn runner(
     };
     let (raw_ops, raw_wall, raw_cpu) = sum(false);
     let (full_ops, full_wall, full_cpu) = sum(true);
-    let raw_cpu_op = raw_cpu.as_secs_f64() / raw_ops.max(1) as f64;
-    let full_cpu_op = full_cpu.as_secs_f64() / full_ops.max(1) as f64;
-    let overhead = full_cpu_op / raw_cpu_op - 1.0;
-    let ratio = per_s(full_ops, full_wall) / per_s(raw_ops, raw_wall);
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_BORDERS_ONLY);
     table.set_header(vec!["mode", "ops", "ops/s", "runner CPU s", "µs CPU/op"]);
@@ -286,24 +315,45 @@ pub async fn runner(
         ]);
     }
     println!("{table}");
+    let brackets = brackets(&phases);
+    for (k, b) in brackets.iter().enumerate() {
+        println!(
+            "  full phase {:>2} against the raw phases either side: {:+.1} % CPU per operation, throughput {:.3}",
+            2 * k + 1,
+            b.overhead * 100.0,
+            b.ratio
+        );
+    }
+    let overhead = Spread::of(brackets.iter().map(|b| b.overhead * 100.0));
+    let ratio = Spread::of(brackets.iter().map(|b| b.ratio));
     println!(
-        "ledger and oracle add {:+.1} % runner CPU per operation (target at most +10 %); \
-         throughput full/raw {ratio:.3} (target at least 0.95)",
-        overhead * 100.0
+        "median of {} full phases: ledger and oracle add {:+.1} % runner CPU per operation \
+         (middle half {:+.1} to {:+.1}; target at most +10 %); throughput full/raw {:.3} \
+         (middle half {:.3} to {:.3}; target at least 0.95)",
+        brackets.len(),
+        overhead.median,
+        overhead.low,
+        overhead.high,
+        ratio.median,
+        ratio.low,
+        ratio.high
     );
     // The same cost measured within the full phases themselves: their
-    // recording threads' CPU against the rest of the runner's. Free of the
-    // phase-to-phase drift of the cluster, which moves the comparison
-    // with raw phases by more than the target.
-    let recording: Duration = phases.iter().map(|p| p.recording_cpu).sum();
-    let rest = full_cpu.saturating_sub(recording).as_secs_f64();
+    // recording threads' CPU against the rest of the runner's.
+    let ledger: Duration = phases.iter().map(|p| p.ledger_cpu).sum();
+    let oracle: Duration = phases.iter().map(|p| p.oracle_cpu).sum();
+    let rest = full_cpu.saturating_sub(ledger + oracle).as_secs_f64();
+    let per_op = |d: Duration| d.as_secs_f64() * 1e6 / full_ops.max(1) as f64;
     println!(
-        "in the full phases themselves, the ledger writer's and online check's threads used \
-         {:.2} s of {:.1} s CPU: {:.1} µs per operation, {:+.1} % over the rest of the runner",
-        recording.as_secs_f64(),
+        "in the full phases themselves, of {:.1} s runner CPU the ledger writer's thread used {:.2} s \
+         ({:.1} µs per operation) and the online check's {:.2} s ({:.1} µs): {:+.1} % over the rest \
+         of the runner",
         full_cpu.as_secs_f64(),
-        recording.as_secs_f64() * 1e6 / full_ops.max(1) as f64,
-        recording.as_secs_f64() / rest.max(1e-9) * 100.0
+        ledger.as_secs_f64(),
+        per_op(ledger),
+        oracle.as_secs_f64(),
+        per_op(oracle),
+        (ledger + oracle).as_secs_f64() / rest.max(1e-9) * 100.0
     );
     let findings: u64 = phases.iter().map(|p| p.findings).sum();
     if findings > 0 {
@@ -315,17 +365,78 @@ pub async fn runner(
     Ok(exit::PASS)
 }
 
+/// A full phase against the mean of the raw phases before and after it.
+#[derive(Debug, PartialEq)]
+struct Bracket {
+    /// Runner CPU per operation, full over raw, minus one.
+    overhead: f64,
+    /// Operations per second, full over raw.
+    ratio: f64,
+}
+
+/// One bracket per full phase that has a raw phase on either side.
+fn brackets(phases: &[Phase]) -> Vec<Bracket> {
+    phases
+        .windows(3)
+        .filter(|w| !w[0].full && w[1].full && !w[2].full)
+        .map(|w| {
+            let (before, full, after) = (&w[0], &w[1], &w[2]);
+            let raw_cpu = (before.cpu_per_op() + after.cpu_per_op()) / 2.0;
+            let raw_rate = (before.rate() + after.rate()) / 2.0;
+            Bracket {
+                overhead: full.cpu_per_op() / raw_cpu.max(1e-12) - 1.0,
+                ratio: full.rate() / raw_rate.max(1e-12),
+            }
+        })
+        .collect()
+}
+
+/// The median of some values and the quartiles around it (NaN if none).
+#[derive(Debug, PartialEq)]
+struct Spread {
+    low: f64,
+    median: f64,
+    high: f64,
+}
+
+impl Spread {
+    /// Quartiles by the nearest rank; the median of an even count is the
+    /// mean of the middle two.
+    fn of(values: impl Iterator<Item = f64>) -> Spread {
+        let mut v: Vec<f64> = values.collect();
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        if n == 0 {
+            return Spread {
+                low: f64::NAN,
+                median: f64::NAN,
+                high: f64::NAN,
+            };
+        }
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Spread {
+            low: v[(n - 1) / 4],
+            median,
+            high: v[n - 1 - (n - 1) / 4],
+        }
+    }
+}
+
 async fn one_phase(
     cluster: &Cluster,
     wl: &WorkloadConfig,
     seed: u64,
-    round: u32,
+    index: u32,
     full: bool,
     phase: Duration,
 ) -> Result<Phase, Error> {
     let mode = if full { "full" } else { "raw" };
-    let seed = seed + u64::from(round);
-    let prefix = format!("{}bench-{round}-{mode}/", cluster.run_prefix());
+    let seed = seed + u64::from(index);
+    let prefix = format!("{}bench-{index}-{mode}/", cluster.run_prefix());
     let timeouts = Workload::s3_timeouts(wl);
     let clients = cluster
         .s3
@@ -340,9 +451,10 @@ async fn one_phase(
             meta.run_info(seed, prefix.clone(), true),
             meta.tolerate.clone(),
         );
-        let path = cluster.run_dir().join(format!("bench-{round}-full.sqlite"));
+        let path = cluster.run_dir().join(format!("bench-{index}-full.sqlite"));
         let (ledger, writer) = Ledger::create(&path, None, Some(tap))?;
         online.attach(ledger.clone());
+        send_check_meta(&ledger, seed, &prefix, &meta)?;
         (ledger, writer, Some(online))
     } else {
         let (ledger, writer) = Ledger::discard()?;
@@ -360,6 +472,9 @@ async fn one_phase(
     let wall = clock.elapsed();
     joined?;
     let ops = workload.stats.total();
+    if full {
+        send_finished(&ledger)?;
+    }
     ledger.flush()?;
     // The online check's backlog is part of the full mode's cost.
     let tolerate = &cluster.profile.oracle.tolerate;
@@ -381,13 +496,74 @@ async fn one_phase(
         full,
         ops,
         wall,
+        // The ledger's end counts: its WAL fold is the checkpoints a
+        // longer run makes as it goes, its index build per operation too.
         cpu: cpu_time().saturating_sub(cpu_before),
         // The raw mode's discarding thread is not recording.
-        recording_cpu: if full {
-            writer_cpu + checker_cpu
+        ledger_cpu: if full {
+            writer_cpu.run + writer_cpu.end
         } else {
             Duration::ZERO
         },
+        oracle_cpu: checker_cpu,
+        end_cpu: writer_cpu.end,
         findings,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phase(full: bool, ops: u64, cpu_ms: u64) -> Phase {
+        Phase {
+            full,
+            ops,
+            wall: Duration::from_secs(10),
+            cpu: Duration::from_millis(cpu_ms),
+            ledger_cpu: Duration::ZERO,
+            oracle_cpu: Duration::ZERO,
+            end_cpu: Duration::ZERO,
+            findings: 0,
+        }
+    }
+
+    #[test]
+    fn a_full_phase_is_judged_against_the_raw_phases_either_side() {
+        // The cluster slows steadily: raw 1000, 800, 600 ops in 10 s at
+        // 300, 400, 500 µs CPU an op; full phases exactly 10 % dearer and
+        // 5 % slower than the raw mean around them.
+        let phases = [
+            phase(false, 1000, 300),
+            phase(true, 855, 855 * 385 / 1000),
+            phase(false, 800, 320),
+            phase(true, 665, 665 * 495 / 1000),
+            phase(false, 600, 300),
+        ];
+        let b = brackets(&phases);
+        assert_eq!(b.len(), 2);
+        for x in &b {
+            assert!((x.overhead - 0.10).abs() < 1e-3, "{x:?}");
+            assert!((x.ratio - 0.95).abs() < 1e-3, "{x:?}");
+        }
+        // A full phase without a raw phase after it is left out.
+        assert_eq!(brackets(&phases[..4]).len(), 1);
+    }
+
+    #[test]
+    fn the_spread_is_the_median_and_the_quartiles_around_it() {
+        let s = |v: &[f64]| Spread::of(v.iter().copied());
+        let (low, median, high) = (1.0, 2.0, 3.0);
+        assert_eq!(s(&[3.0, 1.0, 2.0]), Spread { low, median, high });
+        let twelve: Vec<f64> = (1..=12).rev().map(f64::from).collect();
+        assert_eq!(
+            s(&twelve),
+            Spread {
+                low: 3.0,
+                median: 6.5,
+                high: 10.0
+            }
+        );
+        assert!(s(&[]).median.is_nan());
+    }
 }

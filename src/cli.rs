@@ -92,10 +92,10 @@ pub struct BenchRunnerArgs {
     #[command(flatten)]
     pub workload: WorkloadArgs,
     /// How long each phase runs.
-    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub phase: Duration,
-    /// Phases per mode (raw and full alternate).
-    #[arg(long, default_value_t = 2)]
+    /// Full phases, each between two raw ones.
+    #[arg(long, default_value_t = 12)]
     pub rounds: u32,
 }
 

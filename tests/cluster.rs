@@ -608,6 +608,54 @@ fn the_synthetic_benchmarks_run_and_their_ledger_verifies_clean() {
 }
 
 #[test]
+fn bench_runner_brackets_each_full_phase_with_raw_ones_and_its_ledgers_verify() {
+    let runs = runs_dir("bench-runner");
+    let r = runs.to_str().unwrap();
+    let out = faultline_ok(&[
+        "bench",
+        "runner",
+        "--phase",
+        "3s",
+        "--rounds",
+        "2",
+        "--seed",
+        "4",
+        "--runs-dir",
+        r,
+    ]);
+    // raw, full, raw, full, raw: each full phase judged against its two
+    // raw neighbours, and the recording threads' own CPU reported.
+    for line in [
+        "phase  0 raw",
+        "phase  1 full",
+        "phase  2 raw",
+        "phase  3 full",
+        "phase  4 raw",
+        "full phase  1 against the raw phases either side",
+        "full phase  3 against the raw phases either side",
+        "median of 2 full phases",
+        "the ledger writer's thread used",
+    ] {
+        assert!(out.contains(line), "{line}: {out}");
+    }
+    assert!(!out.contains("phase  5"), "{out}");
+    // A full phase is a real recorded run: its ledger re-checks clean with
+    // every operation read, and the objects table was written.
+    let run = only_run_dir(&runs);
+    for phase in [1, 3] {
+        let ledger = run.join(format!("bench-{phase}-full.sqlite"));
+        let out = faultline_ok(&["verify", ledger.to_str().unwrap()]);
+        assert!(out.contains("verdict: pass"), "{out}");
+        let reader = faultline::ledger::LedgerReader::open(&ledger).unwrap();
+        assert!(reader.count("SELECT count(*) FROM ops").unwrap() > 100);
+        assert!(reader.count("SELECT count(*) FROM objects").unwrap() > 0);
+    }
+    assert!(!run.join("bench-0-raw.sqlite").exists());
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+    drop_node_data(&run);
+}
+
+#[test]
 fn soak_rejects_bad_workload_arguments_with_exit_2() {
     for (args, expected) in [
         (vec!["--workers", "0"], "--workers must be at least 1"),

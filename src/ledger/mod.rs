@@ -18,6 +18,8 @@
 //! The schema is versioned with `PRAGMA user_version`; see `SCHEMA` for the
 //! tables and views, which are documented in ARCHITECTURE.md too.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
@@ -41,13 +43,17 @@ pub const SCHEMA_VERSION_READ_FROM: i64 = 3;
 const QUEUE_MAX: usize = 16_384;
 /// Records written in one transaction at most.
 const BATCH_MAX: usize = 8_192;
+/// How often the `objects` rows that changed are written (and at a flush
+/// and the end). Each commit writes every page it changed in full, and a
+/// few dozen scattered `objects` updates per 50 ms commit touched most of
+/// that table's pages every time: about a quarter of the writer's CPU in
+/// a real run (BENCHMARKS.md §1). Mid-run the table is at most this stale.
+const OBJECTS_EVERY: Duration = Duration::from_secs(1);
 /// How long the writer gathers records into one transaction. A commit
 /// costs page writes whatever it holds, so at a workload's rate (hundreds
 /// of operations a second) one per record made the ledger a quarter of
 /// the runner's CPU; a runner SIGKILLed loses at most this much history.
 const COMMIT_EVERY: Duration = Duration::from_millis(50);
-/// How often a group commit's window looks for more records (and a flush).
-const GATHER_TICK: Duration = Duration::from_millis(10);
 
 /// The indexes of `ops`, for post-mortem queries and retention.
 pub(crate) const INDEXES: &str = "CREATE INDEX IF NOT EXISTS ops_by_key ON ops (key, t_invoke_ns);
@@ -317,9 +323,16 @@ pub enum Tapped {
     End,
 }
 
-/// Where committed operations go (the online oracle). Bounded: a tap that
-/// falls behind slows the writer, and so the workload, instead of growing.
-pub type Tap = mpsc::SyncSender<Tapped>;
+/// Where committed operations go (the online oracle), a commit's worth at
+/// a time (at most `TAP_BATCH_MAX` to a message): one send, and so at most
+/// one wake-up of the reader, per commit instead of per operation. Bounded:
+/// a tap that falls behind slows the writer, and so the workload, instead
+/// of growing.
+pub type Tap = mpsc::SyncSender<Vec<Tapped>>;
+
+/// Records in one message to the tap at most, so that a bound on the tap's
+/// messages bounds its records.
+pub const TAP_BATCH_MAX: usize = 256;
 
 /// The producers' handle. Cheap to clone; the writer stops when the last
 /// clone is dropped (after committing what was queued).
@@ -327,12 +340,23 @@ pub type Tap = mpsc::SyncSender<Tapped>;
 pub struct Ledger {
     tx: mpsc::SyncSender<Record>,
     path: PathBuf,
+    /// The writer's thread, woken early by a flush.
+    writer: std::thread::Thread,
 }
 
 /// Joins the writer thread; keep it until the run's end.
 pub struct LedgerWriter {
     /// Records written, and the CPU the thread used.
-    thread: JoinHandle<(Result<u64, LedgerError>, Duration)>,
+    thread: JoinHandle<(Result<u64, LedgerError>, WriterCpu)>,
+}
+
+/// The CPU the writer's thread used (`bench runner`).
+#[derive(Debug, Clone, Copy)]
+pub struct WriterCpu {
+    /// While records came: per operation.
+    pub run: Duration,
+    /// Once at the end: indexes built, the WAL folded back.
+    pub end: Duration,
 }
 
 impl LedgerWriter {
@@ -342,8 +366,8 @@ impl LedgerWriter {
         self.finish_timed().map(|(records, _)| records)
     }
 
-    /// `finish`, and the CPU the writer's thread used (`bench runner`).
-    pub fn finish_timed(self) -> Result<(u64, Duration), LedgerError> {
+    /// `finish`, and the CPU the writer's thread used.
+    pub fn finish_timed(self) -> Result<(u64, WriterCpu), LedgerError> {
         let (records, cpu) = self
             .thread
             .join()
@@ -409,14 +433,21 @@ impl Ledger {
         let thread = std::thread::Builder::new()
             .name("faultline-ledger".into())
             .spawn(move || {
-                let records = write_loop(conn, rx, &thread_path, retention, tap);
-                (records, crate::bench::thread_cpu_time())
+                let run = write_loop(conn, rx, &thread_path, retention, tap);
+                let run_cpu = crate::bench::thread_cpu_time();
+                let records = run.and_then(|(conn, n)| close(conn, &thread_path).map(|()| n));
+                let cpu = WriterCpu {
+                    run: run_cpu,
+                    end: crate::bench::thread_cpu_time().saturating_sub(run_cpu),
+                };
+                (records, cpu)
             })
             .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
         Ok((
             Ledger {
                 tx,
                 path: path.to_path_buf(),
+                writer: thread.thread().clone(),
             },
             LedgerWriter { thread },
         ))
@@ -434,9 +465,9 @@ impl Ledger {
                 // same for handing records over.
                 let mut dropped = 0;
                 let mut batch = Vec::with_capacity(BATCH_MAX);
-                while let Ok(first) = rx.recv() {
-                    batch.push(first);
-                    gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
+                let mut open = true;
+                while open {
+                    open = gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
                     for record in batch.drain(..) {
                         match record {
                             Record::Flush(done) => {
@@ -446,13 +477,18 @@ impl Ledger {
                         }
                     }
                 }
-                (Ok(dropped), crate::bench::thread_cpu_time())
+                let cpu = WriterCpu {
+                    run: crate::bench::thread_cpu_time(),
+                    end: Duration::ZERO,
+                };
+                (Ok(dropped), cpu)
             })
             .map_err(|e| LedgerError::WriterGone(e.to_string()))?;
         Ok((
             Ledger {
                 tx,
                 path: PathBuf::new(),
+                writer: thread.thread().clone(),
             },
             LedgerWriter { thread },
         ))
@@ -473,33 +509,39 @@ impl Ledger {
     pub fn flush(&self) -> Result<(), LedgerError> {
         let (done, wait) = mpsc::sync_channel(1);
         self.send(Record::Flush(done))?;
+        self.writer.unpark();
         wait.recv_timeout(Duration::from_secs(60))
             .map_err(|_| LedgerError::WriterGone("no flush acknowledgement within 60 s".into()))
     }
 }
 
-/// Gathers what arrives until `until`, a flush or a full batch. Sleeps in
-/// ticks instead of waiting on the channel: a waiting receiver is woken by
-/// every record, and on this VM each wake-up cost the thread 10-15 µs of
-/// CPU, most of what the ledger added to the runner (BENCHMARKS.md §1).
-fn gather(rx: &mpsc::Receiver<Record>, batch: &mut Vec<Record>, until: Instant) {
-    let mut flush = batch.iter().any(|r| matches!(r, Record::Flush(_)));
-    while batch.len() < BATCH_MAX && !flush {
+/// Gathers what arrives until `until`, a flush or a full batch; false once
+/// every producer is gone. Parks instead of waiting on the channel: a
+/// waiting receiver is woken by every record, and on this VM each wake-up
+/// cost the thread 10-15 µs of CPU, most of what the ledger added to the
+/// runner (BENCHMARKS.md §1). A flush unparks the writer, so it commits at
+/// once; otherwise the writer wakes once a window, records or not.
+fn gather(rx: &mpsc::Receiver<Record>, batch: &mut Vec<Record>, until: Instant) -> bool {
+    while batch.len() < BATCH_MAX {
         match rx.try_recv() {
             Ok(r) => {
-                flush = matches!(r, Record::Flush(_));
+                let flush = matches!(r, Record::Flush(_));
                 batch.push(r);
+                if flush {
+                    break;
+                }
             }
             Err(mpsc::TryRecvError::Empty) => {
                 let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     break;
                 }
-                std::thread::sleep(left.min(GATHER_TICK));
+                std::thread::park_timeout(left);
             }
-            Err(mpsc::TryRecvError::Disconnected) => break,
+            Err(mpsc::TryRecvError::Disconnected) => return false,
         }
     }
+    true
 }
 
 fn write_loop(
@@ -508,27 +550,40 @@ fn write_loop(
     path: &Path,
     retention: Option<Retention>,
     mut tap: Option<Tap>,
-) -> Result<u64, LedgerError> {
+) -> Result<(Connection, u64), LedgerError> {
     let mut written = 0u64;
     let mut next_id = 1u64;
     let mut batch = Vec::with_capacity(BATCH_MAX);
-    let mut tapped = Vec::with_capacity(BATCH_MAX);
+    let mut tapped = Vec::new();
     // The run's clock as far as the ledger knows it: the latest return.
     let mut now_ns = 0u64;
     let mut pruned_at_ns = 0u64;
     let mut progress = retention::Progress::default();
-    while let Ok(first) = rx.recv() {
-        // Group commit: what arrives within COMMIT_EVERY of the first
-        // record shares its transaction (a flush commits as soon as the
-        // gathering sees it, within a tick).
-        batch.push(first);
-        gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
+    let mut objects = PendingObjects::default();
+    let mut objects_written = Instant::now();
+    let mut open = true;
+    while open {
+        // Group commit: what arrives within COMMIT_EVERY of the last
+        // commit shares a transaction (a flush wakes the writer and
+        // commits at once).
+        open = gather(&rx, &mut batch, Instant::now() + COMMIT_EVERY);
+        if batch.is_empty() {
+            continue;
+        }
         let mut flushes = Vec::new();
         let tx = conn.transaction().map_err(sql_err(path))?;
         let mut ops_stmt = tx.prepare_cached(INSERT_OP).map_err(sql_err(path))?;
         for record in batch.drain(..) {
             match record {
                 Record::Flush(done) => flushes.push(done),
+                Record::Object(o) => {
+                    objects.insert(o.key.clone(), PendingObject::Row(o));
+                    written += 1;
+                }
+                Record::Visible { key, generation } => {
+                    objects.visible(key, generation);
+                    written += 1;
+                }
                 mut other => {
                     if let Record::Op(op) = &mut other {
                         if op.id == 0 {
@@ -570,13 +625,19 @@ fn write_loop(
             )
             .map_err(sql_err(path))?;
         }
+        if !flushes.is_empty() || objects_written.elapsed() >= OBJECTS_EVERY {
+            objects.write(&tx).map_err(sql_err(path))?;
+            objects_written = Instant::now();
+        }
         drop(ops_stmt);
         tx.commit().map_err(sql_err(path))?;
         if let Some(t) = &tap {
             let mut lost = false;
-            for item in tapped.drain(..) {
-                lost = lost || t.send(item).is_err();
+            while !tapped.is_empty() && !lost {
+                let rest = tapped.split_off(tapped.len().min(TAP_BATCH_MAX));
+                lost = t.send(std::mem::replace(&mut tapped, rest)).is_err();
             }
+            tapped.clear();
             if lost {
                 // The tap's reader is gone; the run goes on unchecked and
                 // says so (the online verdict becomes unknown).
@@ -590,12 +651,83 @@ fn write_loop(
             let _ = done.send(());
         }
     }
+    let tx = conn.transaction().map_err(sql_err(path))?;
+    objects.write(&tx).map_err(sql_err(path))?;
+    tx.commit().map_err(sql_err(path))?;
+    Ok((conn, written))
+}
+
+/// What a finished run's ledger gets once: its indexes, and the WAL folded
+/// back into the main file, so the ledger is one file again, and onto the
+/// disk (the checkpoint syncs under NORMAL).
+fn close(conn: Connection, path: &Path) -> Result<(), LedgerError> {
     conn.execute_batch(INDEXES).map_err(sql_err(path))?;
-    // Fold the WAL back into the main file so the ledger is one file
-    // again, and onto the disk (the checkpoint syncs under NORMAL).
     let _ = conn.pragma_update(None, "synchronous", "normal");
     let _ = conn.pragma_update(None, "wal_checkpoint", "TRUNCATE");
-    Ok(written)
+    Ok(())
+}
+
+/// `objects` changes not yet written: the latest per key, applied in the
+/// order they came, so the table ends as if each had been written at once.
+#[derive(Default)]
+struct PendingObjects(HashMap<String, PendingObject>);
+
+enum PendingObject {
+    /// The whole row (a write settled).
+    Row(Box<ObjectRecord>),
+    /// Only the generation a read saw, for a row already written.
+    Visible(u64),
+}
+
+impl PendingObjects {
+    fn insert(&mut self, key: String, change: PendingObject) {
+        self.0.insert(key, change);
+    }
+
+    fn visible(&mut self, key: String, generation: u64) {
+        match self.0.entry(key) {
+            Entry::Occupied(mut e) => match e.get_mut() {
+                PendingObject::Row(row) => row.visible_generation = Some(generation),
+                PendingObject::Visible(g) => *g = generation,
+            },
+            Entry::Vacant(e) => {
+                e.insert(PendingObject::Visible(generation));
+            }
+        }
+    }
+
+    fn write(&mut self, tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<()> {
+        for (key, change) in self.0.drain() {
+            match change {
+                PendingObject::Row(row) => {
+                    let mut stmt = tx.prepare_cached(
+                        "INSERT OR REPLACE INTO objects (key, owner, state, acked_generation, candidates,
+                                                         visible_generation, size, sha256)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                    )?;
+                    let candidates = serde_json::to_string(&row.candidates)
+                        .expect("a list of integers serialises");
+                    stmt.execute(params![
+                        key,
+                        row.owner,
+                        row.state,
+                        row.acked_generation.map(|g| g as i64),
+                        candidates,
+                        row.visible_generation.map(|g| g as i64),
+                        row.size.map(|s| s as i64),
+                        row.sha256.as_ref().map(|s| &s[..]),
+                    ])?;
+                }
+                PendingObject::Visible(generation) => {
+                    let mut stmt = tx.prepare_cached(
+                        "UPDATE objects SET visible_generation = ?2 WHERE key = ?1",
+                    )?;
+                    stmt.execute(params![key, generation as i64])?;
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 const INSERT_OP: &str = "INSERT INTO ops (id, worker, origin, kind, key, generation, range_header, range_start, range_end,
@@ -635,30 +767,6 @@ fn write_record(
                 op.endpoint,
                 op.detail,
             ])?;
-        }
-        Record::Object(o) => {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO objects (key, owner, state, acked_generation, candidates,
-                                                 visible_generation, size, sha256)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )?;
-            let candidates =
-                serde_json::to_string(&o.candidates).expect("a list of integers serialises");
-            stmt.execute(params![
-                o.key,
-                o.owner,
-                o.state,
-                o.acked_generation.map(|g| g as i64),
-                candidates,
-                o.visible_generation.map(|g| g as i64),
-                o.size.map(|s| s as i64),
-                o.sha256.as_ref().map(|s| &s[..]),
-            ])?;
-        }
-        Record::Visible { key, generation } => {
-            let mut stmt =
-                tx.prepare_cached("UPDATE objects SET visible_generation = ?2 WHERE key = ?1")?;
-            stmt.execute(params![key, *generation as i64])?;
         }
         Record::Metric { t_ns, name, value } => {
             let mut stmt = tx.prepare_cached(
@@ -721,7 +829,9 @@ fn write_record(
                 }
             }
         }
-        Record::Flush(_) => {}
+        // Gathered by the writer, written by `PendingObjects`; a flush is
+        // no row.
+        Record::Object(_) | Record::Visible { .. } | Record::Flush(_) => {}
     }
     Ok(())
 }
@@ -1025,6 +1135,68 @@ mod tests {
         assert_eq!(per_minute, 1000);
         drop(ledger);
         assert_eq!(writer.finish().unwrap(), 1001);
+    }
+
+    #[test]
+    fn objects_rows_written_in_batches_end_as_if_written_one_by_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.sqlite");
+        let (ledger, writer) = Ledger::create(&path, None, None).unwrap();
+        let row = |key: &str, generation: u64| {
+            Record::Object(Box::new(ObjectRecord {
+                key: key.into(),
+                owner: 1,
+                state: "present",
+                acked_generation: Some(generation),
+                candidates: vec![generation],
+                visible_generation: None,
+                size: Some(10),
+                sha256: Some([generation as u8; 32]),
+            }))
+        };
+        let visible = |key: &str, generation: u64| Record::Visible {
+            key: key.into(),
+            generation,
+        };
+        let table = |path: &Path| {
+            let reader = LedgerReader::open(path).unwrap();
+            let mut stmt = reader
+                .connection()
+                .prepare(
+                    "SELECT key, acked_generation, visible_generation FROM objects ORDER BY key",
+                )
+                .unwrap();
+            stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<Vec<(String, i64, Option<i64>)>>>()
+                .unwrap()
+        };
+        // Within one batch: a read's generation on a row just written, a
+        // new write clearing it, a read of a key with no row yet (nothing).
+        for r in [
+            row("a", 1),
+            visible("a", 1),
+            row("b", 1),
+            visible("b", 1),
+            row("b", 2),
+            visible("c", 4),
+        ] {
+            ledger.send(r).unwrap();
+        }
+        ledger.flush().unwrap();
+        assert_eq!(
+            table(&path),
+            [("a".into(), 1, Some(1)), ("b".into(), 2, None)]
+        );
+        // A read of a row written in an earlier batch, written at the end.
+        ledger.send(visible("b", 2)).unwrap();
+        ledger.send(visible("b", 1)).unwrap();
+        drop(ledger);
+        assert_eq!(writer.finish().unwrap(), 8);
+        assert_eq!(
+            table(&path),
+            [("a".into(), 1, Some(1)), ("b".into(), 2, Some(1))]
+        );
     }
 
     #[test]

@@ -13,10 +13,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::cluster::profile::{Tolerance, known_deviation};
-use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, Tap, Tapped};
+use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, TAP_BATCH_MAX, Tap, Tapped};
 use crate::oracle::{Class, Finding, Oracle, RunInfo, Verdict};
 
-/// Operations queued for the checker before the ledger writer waits.
+/// Operations queued for the checker before the ledger writer waits (in
+/// messages of at most `TAP_BATCH_MAX`).
 const TAP_QUEUE_MAX: usize = 16_384;
 /// Known deviations the online verdict keeps whole; the rest are counted
 /// (a Garage soak finds thousands a minute, and kept they were most of the
@@ -164,7 +165,7 @@ impl Online {
     /// `attach` the ledger so findings can be written. Findings matching a
     /// tolerance are recorded as known deviations.
     pub fn start(info: RunInfo, tolerate: Vec<Tolerance>) -> (Online, Tap) {
-        let (tap, rx) = mpsc::sync_channel(TAP_QUEUE_MAX);
+        let (tap, rx) = mpsc::sync_channel(TAP_QUEUE_MAX / TAP_BATCH_MAX);
         let (ledger_tx, ledger_rx) = mpsc::sync_channel::<Ledger>(1);
         let status = Arc::new(Status::default());
         let thread_status = status.clone();
@@ -203,7 +204,7 @@ impl Online {
 
     /// `finish`, and the CPU the checker's thread used (`bench runner`).
     pub fn finish_timed(self) -> Option<(Verdict, Duration)> {
-        let _ = self.tap.send(Tapped::End);
+        let _ = self.tap.send(vec![Tapped::End]);
         self.thread.join().ok()
     }
 }
@@ -220,7 +221,7 @@ impl Drop for LostOnPanic<'_> {
 fn check_loop(
     info: RunInfo,
     tolerate: &[Tolerance],
-    rx: mpsc::Receiver<Tapped>,
+    rx: mpsc::Receiver<Vec<Tapped>>,
     ledger: Option<Ledger>,
     status: &Status,
 ) -> Verdict {
@@ -251,25 +252,26 @@ fn check_loop(
             }
         }
     };
-    while let Ok(item) = rx.recv() {
-        match item {
-            Tapped::Op(op) => {
-                oracle.observe(*op);
-                let found = oracle.take_findings();
-                status
-                    .checked
-                    .store(oracle.coverage().reads_checked, Ordering::Relaxed);
-                status
-                    .waiting
-                    .store(oracle.waiting() as u64, Ordering::Relaxed);
-                emit(found, &faults);
+    'receiving: while let Ok(items) = rx.recv() {
+        for item in items {
+            match item {
+                Tapped::Op(op) => {
+                    oracle.observe(*op);
+                    emit(oracle.take_findings(), &faults);
+                }
+                Tapped::Fault(f) => match faults.iter_mut().find(|x| x.id == f.id) {
+                    Some(x) => *x = *f,
+                    None => faults.push(*f),
+                },
+                Tapped::End => break 'receiving,
             }
-            Tapped::Fault(f) => match faults.iter_mut().find(|x| x.id == f.id) {
-                Some(x) => *x = *f,
-                None => faults.push(*f),
-            },
-            Tapped::End => break,
         }
+        status
+            .checked
+            .store(oracle.coverage().reads_checked, Ordering::Relaxed);
+        status
+            .waiting
+            .store(oracle.waiting() as u64, Ordering::Relaxed);
     }
     // Finishing judges what was still waiting; its findings are new.
     let mut verdict = oracle.finish();
@@ -349,14 +351,17 @@ mod tests {
         let (tx, rx) = mpsc::sync_channel(KNOWN_KEPT + 16);
         let phantoms = KNOWN_KEPT as u64 + 5;
         for id in 1..=phantoms {
-            tx.send(Tapped::Op(Box::new(final_get(id, Outcome::Ok))))
+            tx.send(vec![Tapped::Op(Box::new(final_get(id, Outcome::Ok)))])
                 .unwrap();
         }
         for id in phantoms + 1..=phantoms + 2 {
-            tx.send(Tapped::Op(Box::new(final_get(id, Outcome::Unavailable))))
-                .unwrap();
+            tx.send(vec![Tapped::Op(Box::new(final_get(
+                id,
+                Outcome::Unavailable,
+            )))])
+            .unwrap();
         }
-        tx.send(Tapped::End).unwrap();
+        tx.send(vec![Tapped::End]).unwrap();
         let tolerate = vec![Tolerance {
             class: Class::Phantom,
             expected_contains: None,
