@@ -46,8 +46,8 @@ const BATCH_MAX: usize = 8_192;
 /// How often the `objects` rows that changed are written (and at a flush
 /// and the end). Each commit writes every page it changed in full, and a
 /// few dozen scattered `objects` updates per 50 ms commit touched most of
-/// that table's pages every time: about a quarter of the writer's CPU in
-/// a real run (BENCHMARKS.md §1). Mid-run the table is at most this stale.
+/// that table's pages every time: about a fifth of the writer's CPU in a
+/// real run (BENCHMARKS.md §1). Mid-run the table is at most this stale.
 const OBJECTS_EVERY: Duration = Duration::from_secs(1);
 /// How long the writer gathers records into one transaction. A commit
 /// costs page writes whatever it holds, so at a workload's rate (hundreds
