@@ -500,9 +500,17 @@ impl Ledger {
 
     /// Queues a record; blocks while the queue is full.
     pub fn send(&self, record: Record) -> Result<(), LedgerError> {
-        self.tx
-            .send(record)
-            .map_err(|_| LedgerError::WriterGone("channel closed".into()))
+        let gone = || LedgerError::WriterGone("channel closed".into());
+        match self.tx.try_send(record) {
+            Ok(()) => Ok(()),
+            // The writer may be parked for the rest of its window: a full
+            // queue wakes it rather than waiting that out.
+            Err(mpsc::TrySendError::Full(record)) => {
+                self.writer.unpark();
+                self.tx.send(record).map_err(|_| gone())
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => Err(gone()),
+        }
     }
 
     /// Waits until everything sent so far is committed (bounded).
