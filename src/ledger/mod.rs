@@ -528,7 +528,8 @@ impl Ledger {
 /// waiting receiver is woken by every record, and on this VM each wake-up
 /// cost the thread 10-15 µs of CPU, most of what the ledger added to the
 /// runner (BENCHMARKS.md §1). A flush unparks the writer, so it commits at
-/// once; otherwise the writer wakes once a window, records or not.
+/// once, and so does a producer finding the queue full; otherwise the
+/// writer wakes once a window, records or not.
 fn gather(rx: &mpsc::Receiver<Record>, batch: &mut Vec<Record>, until: Instant) -> bool {
     while batch.len() < BATCH_MAX {
         match rx.try_recv() {
