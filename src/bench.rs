@@ -8,7 +8,8 @@
 //! - `ledger`: the SQLite writer's commit rate on a generated stream.
 //! - `runner`: the same workload against one booted cluster in two modes,
 //!   alternating: raw (records dropped, no oracle) and full (ledger and
-//!   online oracle); the runner's CPU per operation and throughput of each.
+//!   online oracle); each full phase's runner CPU per operation and
+//!   throughput against the raw phases either side, and the median.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
