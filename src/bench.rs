@@ -250,12 +250,12 @@ pub async fn runner(
         rounds + 1,
         cluster.run_dir().display()
     );
-    let plan: Vec<bool> = (0..=2 * rounds).map(|i| i % 2 == 1).collect();
     let mut phases = Vec::new();
     let mut result = Ok(());
-    for (i, full) in plan.into_iter().enumerate() {
+    for i in 0..=2 * rounds {
+        let full = i % 2 == 1;
         let p = tokio::select! {
-            p = one_phase(&cluster, &wl, opts.seed, i as u32, full, phase) => p,
+            p = one_phase(&cluster, &wl, opts.seed, i, full, phase) => p,
             _ = interrupts.next() => { result = Err(Error::Interrupted); break; }
         };
         match p {

@@ -340,7 +340,7 @@ pub const TAP_BATCH_MAX: usize = 256;
 pub struct Ledger {
     tx: mpsc::SyncSender<Record>,
     path: PathBuf,
-    /// The writer's thread, woken early by a flush.
+    /// The writer's thread, woken early by a flush or a full queue.
     writer: std::thread::Thread,
 }
 
@@ -586,7 +586,7 @@ fn write_loop(
             match record {
                 Record::Flush(done) => flushes.push(done),
                 Record::Object(o) => {
-                    objects.insert(o.key.clone(), PendingObject::Row(o));
+                    objects.row(o);
                     written += 1;
                 }
                 Record::Visible { key, generation } => {
@@ -689,8 +689,8 @@ enum PendingObject {
 }
 
 impl PendingObjects {
-    fn insert(&mut self, key: String, change: PendingObject) {
-        self.0.insert(key, change);
+    fn row(&mut self, row: Box<ObjectRecord>) {
+        self.0.insert(row.key.clone(), PendingObject::Row(row));
     }
 
     fn visible(&mut self, key: String, generation: u64) {
