@@ -820,7 +820,7 @@ fn explain(args: ExplainArgs) -> Result<u8, Error> {
 fn verify(args: VerifyArgs) -> Result<u8, Error> {
     let path = run::ledger_path(&args.run)?;
     let v = run::verify(&path)?;
-    let c = &v.verdict.coverage;
+    let c = &v.judged.coverage;
     println!(
         "{}: {} operations, {} contract",
         path.display(),
@@ -828,7 +828,7 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
         v.info.contract.as_str()
     );
     run::print_coverage(c);
-    run::print_findings(&v.verdict, &v.tolerate, args.show);
+    run::print_findings(&v.judged, &v.tolerate, args.show);
     // The online check recorded its findings as the run went: say whether
     // this check agrees with it.
     if v.agrees_with_online() {
@@ -840,7 +840,7 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
         println!(
             "the online check recorded {} findings (on the operations the ledger holds), this check found {}: they differ",
             v.recorded.len(),
-            v.verdict.findings.len()
+            v.findings.len()
         );
     }
     if !v.info.complete {
@@ -849,12 +849,7 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
             c.reads_unknown
         );
     }
-    let failing = v
-        .verdict
-        .findings
-        .iter()
-        .filter(|f| crate::cluster::profile::known_deviation(&v.tolerate, f).is_none())
-        .count();
+    let failing = v.judged.violations.len();
     if failing > 0 {
         println!("verdict: FAIL ({failing} findings)");
         return Ok(exit::FINDINGS);

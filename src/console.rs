@@ -136,3 +136,22 @@ impl Drop for Live {
         }
     }
 }
+
+/// A duration in milliseconds as people read it: `450 ms`, `1.2 s`, `140 s`.
+pub fn ms_text(ms: u64) -> String {
+    match ms {
+        0..1_000 => format!("{ms} ms"),
+        1_000..10_000 => format!("{:.1} s", ms as f64 / 1e3),
+        _ => format!("{} s", (ms + 500) / 1_000),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn durations_read_at_their_scale() {
+        assert_eq!(super::ms_text(450), "450 ms");
+        assert_eq!(super::ms_text(1_040), "1.0 s");
+        assert_eq!(super::ms_text(140_674), "141 s");
+    }
+}

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
     /// The server answered meaningfully (2xx; a 404 for a read is `Ok`: an
-    /// observation of "absent").
+    /// observation of "absent"; so is a 416 for a Range GET: "the object is
+    /// shorter than the range's first byte").
     Ok,
     /// Certainly had no effect: no request byte left the runner, or a 4xx
     /// other than 404, 408 and 429.
@@ -247,6 +248,8 @@ pub fn classify_status(kind: OpKind, status: u16) -> (Outcome, Option<ErrorClass
     match status {
         200..=299 => (Outcome::Ok, None),
         404 if !kind.is_write() => (Outcome::Ok, None),
+        // An observation of the object's size, checked like any read.
+        416 if kind == OpKind::Range => (Outcome::Ok, None),
         408 | 429 | 500..=599 => (kind.uncertain(), Some(ErrorClass::ServerError)),
         400..=499 => (Outcome::Fail, Some(ErrorClass::ClientError)),
         // 1xx/3xx are not answers S3 gives; nothing certain can be said.
@@ -285,6 +288,8 @@ mod tests {
             (Put, 503, Ambiguous, Some(ServerError)),
             (Get, 503, Unavailable, Some(ServerError)),
             (Range, 500, Unavailable, Some(ServerError)),
+            (Range, 416, Ok, None),
+            (Get, 416, Fail, Some(ClientError)),
         ];
         for (kind, status, outcome, class) in rows {
             assert_eq!(

@@ -177,6 +177,14 @@ impl Response {
         let (first, last) = range.split_once('-')?;
         Some((first.parse().ok()?, last.parse().ok()?, total.parse().ok()?))
     }
+
+    /// The size a 416 answer reports, `Content-Range: bytes */total`.
+    pub fn unsatisfied_total(&self) -> Option<u64> {
+        self.header("content-range")?
+            .strip_prefix("bytes */")?
+            .parse()
+            .ok()
+    }
 }
 
 /// A failed exchange with its timing (for the history).

@@ -933,20 +933,18 @@ async fn garage5_boots_five_nodes_with_three_replicas() {
 /// reads and LIST pages checked to mean something.
 ///
 /// Returns the verdict for further checks.
-fn verify_matches_online_check(ledger_path: &Path) -> faultline::oracle::Verdict {
-    use faultline::cluster::profile::known_deviation;
+fn verify_matches_online_check(ledger_path: &Path) -> faultline::run::online::Judged {
     let v = faultline::run::verify(ledger_path).unwrap();
-    for f in &v.verdict.findings {
-        assert!(
-            known_deviation(&v.tolerate, f).is_some(),
-            "unexpected finding: {f:#?}"
-        );
-    }
+    assert!(
+        v.judged.violations.is_empty(),
+        "unexpected findings: {:#?}",
+        v.judged.violations
+    );
     if v.info.complete {
         assert!(
             v.agrees_with_online(),
             "offline and online checks disagree: {:#?} vs {:#?}",
-            v.verdict.findings,
+            v.findings,
             v.recorded
         );
         assert!(
@@ -956,16 +954,16 @@ fn verify_matches_online_check(ledger_path: &Path) -> faultline::oracle::Verdict
         );
     }
     assert!(
-        v.verdict.coverage.reads_checked > 100,
+        v.judged.coverage.reads_checked > 100,
         "{:?}",
-        v.verdict.coverage
+        v.judged.coverage
     );
     assert!(
-        v.verdict.coverage.list_pages_checked > 10,
+        v.judged.coverage.list_pages_checked > 10,
         "{:?}",
-        v.verdict.coverage
+        v.judged.coverage
     );
-    v.verdict
+    v.judged
 }
 
 /// Runs `faultline ARGS --runs-dir RUNS` to completion and requires exit 0
@@ -1179,7 +1177,7 @@ fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
     eprintln!(
         "oracle: {:?}, {} known Garage deviations",
         verdict.coverage,
-        verdict.findings.len()
+        verdict.known_count()
     );
     // The final verification read every key of the run back.
     assert!(

@@ -79,7 +79,9 @@ pub struct OracleSection {
 }
 
 /// One known deviation: a finding class, narrowed by what was expected or
-/// seen, and why it is tolerated.
+/// seen, bounded by how long after the deciding write it may be seen and
+/// under which fault, and why it is tolerated. Past its bound the same
+/// finding fails the run again.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tolerance {
@@ -90,12 +92,86 @@ pub struct Tolerance {
     /// The finding's `seen` text must contain this.
     #[serde(default)]
     pub seen_contains: Option<String>,
-    /// Why: the store's behaviour and where it is documented.
+    /// How long after the deciding write (the newest write acknowledged
+    /// before the read began) was acknowledged the read may have begun.
+    /// Required in a profile; `"none"` for a deviation that hides no value.
+    /// (Absent only in ledgers written before bounds existed: unbounded.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub within_ms: Option<Bound>,
+    /// Only when the deciding write was acknowledged inside a fault window
+    /// (from the fault's start to the end of its recovery), when a node that
+    /// was down or cut off could miss it.
+    #[serde(default)]
+    pub during_fault: bool,
+    /// Also in the final verification, after the cluster recovered. Off by
+    /// default: a store that recovered must answer right; reports name
+    /// every finding such a rule absorbed there.
+    #[serde(default)]
+    pub final_reads: bool,
+    /// Why: the store's behaviour, where it is documented, and the
+    /// measurement the bound comes from.
     pub reason: String,
 }
 
+/// A tolerance's time bound: milliseconds, or none at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    Ms(u64),
+    None,
+}
+
+impl<'de> Deserialize<'de> for Bound {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let expected = "expected a bound in milliseconds or \"none\"";
+        Ok(match int_or_keyword::<D, u64>(d, "none", expected)? {
+            Some(n) => Bound::Ms(n),
+            None => Bound::None,
+        })
+    }
+}
+
+/// A value written either as a number of type `T` or as one keyword
+/// (`None`), with `expected` in the error for anything else.
+fn int_or_keyword<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(
+    d: D,
+    keyword: &str,
+    expected: &str,
+) -> Result<Option<T>, D::Error> {
+    use serde::de::Error;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(i64),
+        Text(String),
+    }
+    match Raw::deserialize(d).map_err(|_| D::Error::custom(expected))? {
+        Raw::Text(s) if s == keyword => Ok(None),
+        Raw::Number(n) => T::try_from(n)
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("{expected}, found {n}"))),
+        Raw::Text(s) => Err(D::Error::custom(format!("{expected}, found {s:?}"))),
+    }
+}
+
+impl Serialize for Bound {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Bound::Ms(n) => s.serialize_u64(*n),
+            Bound::None => s.serialize_str("none"),
+        }
+    }
+}
+
 impl Tolerance {
-    pub fn matches(&self, f: &crate::oracle::Finding) -> bool {
+    /// Does this rule absorb `f`? `in_fault` says whether the finding's
+    /// deciding write was acknowledged inside a fault window.
+    pub fn absorbs(&self, f: &crate::oracle::Finding, in_fault: bool) -> bool {
+        let within = match self.within_ms {
+            Some(Bound::Ms(ms)) => f
+                .since_ack_ns
+                .is_some_and(|lag| lag <= ms.saturating_mul(1_000_000)),
+            Some(Bound::None) | None => true,
+        };
         f.class == self.class
             && self
                 .expected_contains
@@ -105,18 +181,25 @@ impl Tolerance {
                 .seen_contains
                 .as_deref()
                 .is_none_or(|s| f.seen.contains(s))
+            && within
+            && (in_fault || !self.during_fault)
+            && (self.final_reads || !f.final_read)
     }
-}
 
-/// The reason of the first tolerance matching a finding, if any.
-pub fn known_deviation<'a>(
-    tolerate: &'a [Tolerance],
-    f: &crate::oracle::Finding,
-) -> Option<&'a str> {
-    tolerate
-        .iter()
-        .find(|t| t.matches(f))
-        .map(|t| t.reason.as_str())
+    /// The rule's bounds in a few words, for summaries and reports.
+    pub fn bounds(&self) -> String {
+        let mut parts = vec![match self.within_ms {
+            Some(Bound::Ms(ms)) => format!("within {}", crate::console::ms_text(ms)),
+            Some(Bound::None) | None => "no time bound".into(),
+        }];
+        if self.during_fault {
+            parts.push("of a write acknowledged during a fault".into());
+        }
+        if self.final_reads {
+            parts.push("ALSO IN THE FINAL VERIFICATION".into());
+        }
+        parts.join(", ")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -135,21 +218,11 @@ pub enum PortBase {
 
 impl<'de> Deserialize<'de> for PortBase {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error;
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Number(i64),
-            Text(String),
-        }
         let expected = "expected \"auto\" or a port number";
-        match Raw::deserialize(d).map_err(|_| D::Error::custom(expected))? {
-            Raw::Text(s) if s == "auto" => Ok(PortBase::Auto),
-            Raw::Number(n) => u16::try_from(n)
-                .map(PortBase::Fixed)
-                .map_err(|_| D::Error::custom(format!("{expected}, found {n}"))),
-            Raw::Text(s) => Err(D::Error::custom(format!("{expected}, found {s:?}"))),
-        }
+        Ok(match int_or_keyword::<D, u16>(d, "auto", expected)? {
+            Some(n) => PortBase::Fixed(n),
+            None => PortBase::Auto,
+        })
     }
 }
 
@@ -499,6 +572,15 @@ impl Profile {
                 w.delete_watermark.to_string(),
             ));
         }
+        for (i, t) in self.oracle.tolerate.iter().enumerate() {
+            if t.within_ms.is_none() {
+                return Err(invalid(
+                    &format!("oracle.tolerate[{i}].within_ms"),
+                    "a bound in milliseconds (how long after the deciding write was acknowledged the deviation may be seen), or \"none\" for a deviation that can hide no value",
+                    "nothing".into(),
+                ));
+            }
+        }
         let f = &self.faults;
         if f.kinds.is_empty() {
             return Err(invalid(
@@ -804,6 +886,37 @@ health = { tcp = "127.0.0.1:1", http = "http://127.0.0.1:1/" }
         let err = parse(text).unwrap_err().to_string();
         assert!(
             err.contains("key `roles[0].health`: expected exactly one of http, tcp, command"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_tolerance_must_say_its_time_bound() {
+        let rule = |bound: &str| {
+            format!(
+                "{GARAGE}\n[[oracle.tolerate]]\nclass = \"list-ghost\"\n{bound}reason = \"r\"\n"
+            )
+        };
+        let err = parse(&rule("")).unwrap_err().to_string();
+        assert!(
+            err.contains("key `oracle.tolerate[0].within_ms`: expected a bound in milliseconds"),
+            "{err}"
+        );
+        let p = parse(&rule("within_ms = 2000\nduring_fault = true\n")).unwrap();
+        let t = &p.oracle.tolerate[0];
+        assert_eq!(t.within_ms, Some(Bound::Ms(2000)));
+        assert!(t.during_fault && !t.final_reads);
+        assert_eq!(
+            t.bounds(),
+            "within 2.0 s, of a write acknowledged during a fault"
+        );
+        let p = parse(&rule("within_ms = \"none\"\n")).unwrap();
+        assert_eq!(p.oracle.tolerate[0].within_ms, Some(Bound::None));
+        let err = parse(&rule("within_ms = \"forever\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("expected a bound in milliseconds or \"none\""),
             "{err}"
         );
     }

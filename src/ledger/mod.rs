@@ -33,10 +33,11 @@ use crate::history::{ErrorClass, OpKind, Origin, Outcome};
 pub mod retention;
 pub use retention::{Pruned, Retention};
 
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 /// The oldest schema this faultline still reads: version 4 only added
-/// `fault_folded`, which readers treat as empty when absent, and version 5
-/// `finding_writes`, which only the writer's retention reads.
+/// `fault_folded`, which readers treat as empty when absent, version 5
+/// `finding_writes`, which only the writer's retention reads, and version
+/// 6 the findings' `rule`, `since_ack_ns` and `final`, read as NULL before.
 pub const SCHEMA_VERSION_READ_FROM: i64 = 3;
 
 /// Records queued for the writer before producers wait.
@@ -136,7 +137,10 @@ CREATE TABLE findings (
     expected  TEXT NOT NULL,
     seen      TEXT NOT NULL,
     witness   TEXT NOT NULL,         -- JSON: the read, the writes, the fault active
-    known     TEXT                   -- a known deviation of the store: why it is tolerated
+    known     TEXT,                  -- a known deviation of the store: why it is tolerated
+    rule      INTEGER,               -- which [[oracle.tolerate]] rule absorbed it (from 0)
+    since_ack_ns INTEGER,            -- the read began this long after its deciding write was acknowledged
+    final     INTEGER NOT NULL DEFAULT 0  -- 1: a read of the final verification
 );
 
 -- Writes some finding's witness names: retention keeps them, so that
@@ -219,6 +223,12 @@ pub struct FindingRecord {
     pub witness: String,
     /// Set when the profile tolerates it as a known deviation: why.
     pub known: Option<String>,
+    /// The profile's tolerance rule (by position) that absorbed it.
+    pub rule: Option<u32>,
+    /// How long after its deciding write was acknowledged the read began.
+    pub since_ack_ns: Option<u64>,
+    /// A read of the final verification.
+    pub final_read: bool,
 }
 
 /// One operation, as recorded.
@@ -808,8 +818,8 @@ fn write_record(
         }
         Record::Finding(x) => {
             let mut stmt = tx.prepare_cached(
-                "INSERT INTO findings (class, key, op_id, fault_id, t_ns, expected, seen, witness, known)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                "INSERT INTO findings (class, key, op_id, fault_id, t_ns, expected, seen, witness, known, rule, since_ack_ns, final)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )?;
             stmt.execute(params![
                 x.class,
@@ -821,6 +831,9 @@ fn write_record(
                 x.seen,
                 x.witness,
                 x.known,
+                x.rule,
+                x.since_ack_ns.map(|t| t as i64),
+                x.final_read,
             ])?;
             #[derive(Deserialize)]
             struct Witness {
@@ -887,6 +900,13 @@ impl LedgerReader {
 
     pub fn connection(&self) -> &Connection {
         &self.conn
+    }
+
+    /// The ledger's schema version.
+    pub fn version(&self) -> Result<i64, LedgerError> {
+        self.conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql_err(&self.path))
     }
 
     /// Whether the ledger has this table (older schemas lack some).
@@ -999,10 +1019,16 @@ impl LedgerReader {
     }
 
     fn findings_where(&self, condition: &str) -> Result<Vec<FindingRecord>, LedgerError> {
+        let v6 = self.version()? >= 6;
+        let extra = if v6 {
+            "rule, since_ack_ns, final"
+        } else {
+            "NULL, NULL, 0"
+        };
         let mut stmt = self
             .conn
             .prepare(&format!(
-                "SELECT class, key, op_id, fault_id, t_ns, expected, seen, witness, known FROM findings
+                "SELECT class, key, op_id, fault_id, t_ns, expected, seen, witness, known, {extra} FROM findings
                  WHERE {condition} ORDER BY id"
             ))
             .map_err(sql_err(&self.path))?;
@@ -1018,6 +1044,9 @@ impl LedgerReader {
                     seen: r.get(6)?,
                     witness: r.get(7)?,
                     known: r.get(8)?,
+                    rule: r.get(9)?,
+                    since_ack_ns: r.get::<_, Option<i64>>(10)?.map(|v| v as u64),
+                    final_read: r.get(11)?,
                 })
             })
             .map_err(sql_err(&self.path))?;

@@ -460,6 +460,9 @@ mod tests {
                 seen: "g2".into(),
                 witness: "{}".into(),
                 known: None,
+                rule: None,
+                since_ack_ns: None,
+                final_read: false,
             })))
             .unwrap();
         // A known deviation of the store keeps nothing: reads around 20 s
@@ -475,6 +478,9 @@ mod tests {
                 seen: "on the page".into(),
                 witness,
                 known: Some("a tolerated deviation".into()),
+                rule: Some(0),
+                since_ack_ns: Some(S / 2),
+                final_read: false,
             })))
             .unwrap();
         for o in &all {

@@ -68,6 +68,7 @@ pub enum Class {
     Phantom,
     MetadataMismatch,
     NonMonotonic,
+    LateWrite,
     ListMissing,
     ListGhost,
     ListProtocol,
@@ -75,7 +76,7 @@ pub enum Class {
 }
 
 impl Class {
-    pub const ALL: [Class; 12] = [
+    pub const ALL: [Class; 13] = [
         Class::LostWrite,
         Class::StaleRead,
         Class::Resurrection,
@@ -84,6 +85,7 @@ impl Class {
         Class::Phantom,
         Class::MetadataMismatch,
         Class::NonMonotonic,
+        Class::LateWrite,
         Class::ListMissing,
         Class::ListGhost,
         Class::ListProtocol,
@@ -100,6 +102,7 @@ impl Class {
             Class::Phantom => "phantom",
             Class::MetadataMismatch => "metadata-mismatch",
             Class::NonMonotonic => "non-monotonic",
+            Class::LateWrite => "late-write",
             Class::ListMissing => "list-missing",
             Class::ListGhost => "list-ghost",
             Class::ListProtocol => "list-protocol",
@@ -159,6 +162,14 @@ pub struct Finding {
     /// The key's writes that decided what was allowed, and the one seen
     /// when it is still known.
     pub writes: Vec<WitnessWrite>,
+    /// The read was part of the final verification (oracle.md §7).
+    #[serde(default)]
+    pub final_read: bool,
+    /// How long after the deciding write (`base`: the newest write
+    /// acknowledged before the read began) the read began; `None` when
+    /// no acknowledged write decided it. Tolerances are bounded by it.
+    #[serde(default)]
+    pub since_ack_ns: Option<u64>,
 }
 
 impl Finding {
@@ -185,13 +196,12 @@ pub struct Coverage {
     pub reads_unknown: u64,
 }
 
+/// What a check found and what it covered. Which findings fail a run is
+/// the run's policy (the profile's tolerances), not the oracle's.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Verdict {
     pub findings: Vec<Finding>,
     pub coverage: Coverage,
-    /// Known deviations of the store counted but not kept in `findings`
-    /// (the online check keeps the first few; the ledger has every one).
-    pub known_not_kept: BTreeMap<Class, u64>,
 }
 
 /// What the oracle needs to know about the run besides its operations.
@@ -307,6 +317,12 @@ impl<'a> Allowed<'a> {
     fn witness(&self) -> Vec<WitnessWrite> {
         self.unfiltered().map(Write::witness).collect()
     }
+
+    /// How long after base was acknowledged a read invoked at `t_invoke`
+    /// began.
+    fn since_ack(&self, t_invoke: u64) -> Option<u64> {
+        self.base.map(|b| t_invoke.saturating_sub(b.t_return))
+    }
 }
 
 /// The allowed set of one key's candidate writes for a read interval.
@@ -347,6 +363,8 @@ const PAST_KEPT_MAX: usize = 16;
 struct Past {
     op_id: u64,
     generation: u64,
+    /// An ambiguous DELETE (kept to name a late one); never a LIST entry.
+    deleted: bool,
     size: u64,
     etag: Option<u64>,
     t_invoke: u64,
@@ -601,6 +619,7 @@ impl Past {
         Past {
             op_id: w.op_id,
             generation: w.generation,
+            deleted: w.deleted,
             size: w.size,
             etag: w.etag.as_deref().map(etag_hash),
             t_invoke: w.t_invoke,
@@ -610,7 +629,8 @@ impl Past {
     }
 
     fn listed_as(&self, size: u64, etag: Option<&str>) -> bool {
-        self.size == size
+        !self.deleted
+            && self.size == size
             && match (self.etag, etag) {
                 (Some(a), Some(b)) => a == etag_hash(b),
                 _ => true,
@@ -621,7 +641,7 @@ impl Past {
         WitnessWrite {
             op_id: self.op_id,
             generation: self.generation,
-            deleted: false,
+            deleted: self.deleted,
             size: self.size,
             t_invoke_ns: self.t_invoke,
             t_return_ns: self.t_return,
@@ -691,6 +711,27 @@ impl KeyHist {
         }
     }
 
+    /// An abandoned (ambiguous) DELETE older than `base`, held or pruned:
+    /// what a read that found the key absent after `base` saw applied late.
+    fn abandoned_delete(&self, base: Option<&Write>) -> Option<Past> {
+        let base = base.filter(|b| !b.deleted)?.generation;
+        let late = |deleted: bool, outcome: Outcome, g: u64| {
+            deleted && outcome == Outcome::Ambiguous && g < base
+        };
+        self.writes
+            .iter()
+            .rev()
+            .find(|w| late(w.deleted, w.outcome, w.generation))
+            .map(Past::of)
+            .or_else(|| {
+                self.past
+                    .iter()
+                    .rev()
+                    .find(|p| late(p.deleted, p.outcome, p.generation))
+                    .copied()
+            })
+    }
+
     /// Drops what no read invoked at or after `horizon` can need.
     fn prune(&mut self, horizon: u64) {
         let returned_before = self.writes.partition_point(|w| w.t_return < horizon);
@@ -699,7 +740,10 @@ impl KeyHist {
             .rposition(|w| w.outcome == Outcome::Ok)
             && b > 0
         {
-            for w in self.writes.drain(..b).filter(|w| !w.deleted) {
+            // Present values, to name a LIST entry showing one, and
+            // abandoned DELETEs, to name a late one.
+            let keep = |w: &Write| !w.deleted || w.outcome == Outcome::Ambiguous;
+            for w in self.writes.drain(..b).filter(keep) {
                 if self.past.len() == PAST_KEPT_MAX {
                     self.past.pop_front();
                 } else if self.past.capacity() == 0 {
@@ -797,12 +841,24 @@ enum Seen<'a> {
         generation: Option<u64>,
         spec: &'a str,
     },
+    /// A 416 to a Range GET: the object is shorter than the range's first
+    /// byte; `total` is its size if the answer said (`bytes */total`).
+    Unsatisfiable {
+        spec: &'a str,
+        total: Option<u64>,
+    },
 }
 
 impl Seen<'_> {
     fn of(op: &OpRecord) -> Option<Seen<'_>> {
         if op.http_status == Some(404) {
             return Some(Seen::Absent);
+        }
+        if op.http_status == Some(416) && op.kind == OpKind::Range {
+            return Some(Seen::Unsatisfiable {
+                spec: op.range_header.as_deref().unwrap_or(""),
+                total: op.size,
+            });
         }
         Some(match op.kind {
             OpKind::Get => Seen::Body {
@@ -857,12 +913,16 @@ impl Seen<'_> {
                     gen_str(*generation)
                 )
             }
+            Seen::Unsatisfiable { spec, total } => format!(
+                "416 (unsatisfiable) for {spec}{}",
+                total.map_or(String::new(), |t| format!(", object size {t}"))
+            ),
         }
     }
 
     fn generation(&self) -> Option<u64> {
         match self {
-            Seen::Absent => None,
+            Seen::Absent | Seen::Unsatisfiable { .. } => None,
             Seen::Body { generation, .. }
             | Seen::Head { generation, .. }
             | Seen::Range { generation, .. } => *generation,
@@ -959,6 +1019,18 @@ pub struct Oracle {
     waiting_invokes: Invokes,
     coverage: Coverage,
     out: Vec<Finding>,
+    /// Final-verification reads still without an answer, by key (none
+    /// for the LIST walk) and kind: `unrecoverable` unless a later
+    /// attempt answers (oracle.md §7).
+    final_unanswered: HashMap<(Option<Box<str>>, OpKind), Unanswered>,
+}
+
+/// A final read no attempt has answered yet: how many tried, and the
+/// finding its last attempt makes if none will.
+#[derive(Debug)]
+struct Unanswered {
+    attempts: u32,
+    last: Finding,
 }
 
 impl Oracle {
@@ -979,6 +1051,7 @@ impl Oracle {
             waiting_invokes: Invokes::new(info.read_span_max_ns),
             coverage: Coverage::default(),
             out: Vec::new(),
+            final_unanswered: HashMap::default(),
             info,
         }
     }
@@ -1116,10 +1189,10 @@ impl Oracle {
         // of a runner that died may lack a write that was never recorded.
         let exact = self.info.complete;
         self.release_all(exact);
+        self.unrecoverable();
         Verdict {
             findings: self.out,
             coverage: self.coverage,
-            known_not_kept: BTreeMap::new(),
         }
     }
 
@@ -1197,10 +1270,11 @@ impl Oracle {
     }
 
     fn route_read(&mut self, op: OpRecord, found: Option<usize>) {
+        if op.origin == Origin::Final {
+            self.note_final(&op);
+        }
         if op.outcome != Outcome::Ok {
-            if op.origin == Origin::Final {
-                self.judge_unrecoverable(&op);
-            } else if op.outcome == Outcome::Unavailable {
+            if op.outcome == Outcome::Unavailable && op.origin != Origin::Final {
                 self.coverage.reads_unavailable += 1;
             }
             return;
@@ -1333,33 +1407,70 @@ impl Oracle {
             self.coverage.reads_checked -= u64::from(op.kind != OpKind::List);
             return;
         }
-        self.out.extend(findings);
+        self.out.extend(findings.into_iter().map(|f| Finding {
+            final_read: is_final,
+            ..f
+        }));
     }
 
-    fn judge_unrecoverable(&mut self, op: &OpRecord) {
+    /// Notes a final-verification read: one that got no answer waits
+    /// for a later attempt of the same read (the same key and kind, or the
+    /// LIST walk's same page); one answered clears what waited.
+    fn note_final(&mut self, op: &OpRecord) {
+        let slot = (op.key.as_deref().map(Box::from), op.kind);
+        if op.outcome == Outcome::Ok {
+            self.final_unanswered.remove(&slot);
+            return;
+        }
+        let entry = self.final_unanswered.entry(slot).or_insert(Unanswered {
+            attempts: 0,
+            last: Finding {
+                class: Class::Unrecoverable,
+                key: op.key.clone(),
+                op_id: 0,
+                t_invoke_ns: 0,
+                t_ns: 0,
+                expected: String::new(),
+                seen: String::new(),
+                writes: Vec::new(),
+                final_read: true,
+                since_ack_ns: None,
+            },
+        });
+        entry.attempts += 1;
         let what = match op.kind {
             OpKind::List => "the final LIST of the prefix".to_string(),
             k => format!("the final {}", k.as_str().to_uppercase()),
         };
-        self.out.push(Finding {
-            class: Class::Unrecoverable,
-            key: op.key.clone(),
-            op_id: op.id,
-            t_invoke_ns: op.t_invoke_ns,
-            t_ns: op.t_return_ns,
-            expected: format!("{what} answered after the cluster recovered"),
-            seen: format!(
-                "{} ({})",
-                op.outcome.as_str(),
-                op.http_status.map_or_else(
-                    || op
-                        .error_class
-                        .map_or("no answer".into(), |c| c.as_str().to_string()),
-                    |s| format!("HTTP {s}")
-                )
-            ),
-            writes: Vec::new(),
-        });
+        let answer = op.http_status.map_or_else(
+            || {
+                op.error_class
+                    .map_or("no answer".into(), |c| c.as_str().to_string())
+            },
+            |s| format!("HTTP {s}"),
+        );
+        let last = &mut entry.last;
+        last.op_id = op.id;
+        last.t_invoke_ns = op.t_invoke_ns;
+        last.t_ns = op.t_return_ns;
+        last.expected = format!("{what} answered by one of its attempts");
+        last.seen = format!(
+            "{} attempt{} without an answer, the last {} ({answer})",
+            entry.attempts,
+            if entry.attempts == 1 { "" } else { "s" },
+            op.outcome.as_str(),
+        );
+    }
+
+    /// The final reads no attempt got an answer to, in the order of their
+    /// last attempts.
+    fn unrecoverable(&mut self) {
+        let mut left: Vec<Finding> = std::mem::take(&mut self.final_unanswered)
+            .into_values()
+            .map(|u| u.last)
+            .collect();
+        left.sort_by_key(|f| f.op_id);
+        self.out.extend(left);
     }
 
     /// Does what was seen equal write `w`'s value?
@@ -1373,6 +1484,9 @@ impl Oracle {
             }
             Seen::Range { total, .. } => {
                 total == w.size && self.is_range_of(kh, seen, w.generation)
+            }
+            Seen::Unsatisfiable { spec, total } => {
+                expected_range(spec, w.size).is_none() && total.is_none_or(|t| t == w.size)
             }
         }
     }
@@ -1423,7 +1537,9 @@ impl Oracle {
     /// no bytes and is taken at its word.
     fn is_generation(&self, kh: &KeyHist, seen: &Seen<'_>, g: u64) -> bool {
         match *seen {
-            Seen::Absent => false,
+            // A 416 carries no bytes, and the size of a dropped write is
+            // not kept.
+            Seen::Absent | Seen::Unsatisfiable { .. } => false,
             Seen::Head { .. } => true,
             Seen::Body { size, sha, .. } => self.slice_sha(kh, g, size, 0, size) == sha,
             Seen::Range { .. } => self.is_range_of(kh, seen, g),
@@ -1473,6 +1589,8 @@ impl Oracle {
                     expected: allowed.describe(),
                     seen: seen_text,
                     writes: witness,
+                    final_read: false,
+                    since_ack_ns: allowed.since_ack(op.t_invoke_ns),
                 }]
             }
         })
@@ -1505,6 +1623,8 @@ impl Oracle {
             expected: "absent (never written)".into(),
             seen: format!("{what} ({})", seen.describe()),
             writes: Vec::new(),
+            final_read: false,
+            since_ack_ns: None,
         })
     }
 
@@ -1521,6 +1641,19 @@ impl Oracle {
         seen: &Seen<'_>,
     ) -> Result<Option<u64>, (Class, String, Vec<WitnessWrite>)> {
         let fail = |class: Class, text: String| Err((class, text, Vec::new()));
+        // A value outside the allowed set, named by the write it shows.
+        let shown = |m: &Write| {
+            let class = seen_class(m.generation, m.outcome, allowed.base);
+            let late = match class {
+                Class::LateWrite => late_text(&Past::of(m), allowed.base),
+                _ => String::new(),
+            };
+            Err((
+                class,
+                format!("{}{late} ({})", m.describe(), seen.describe()),
+                vec![m.witness()],
+            ))
+        };
         if let Seen::Absent = seen
             && allowed.absent_allowed()
         {
@@ -1582,11 +1715,7 @@ impl Oracle {
                 .iter()
                 .find(|w| w.generation == g && self.matches(kh, seen, w))
             {
-                return Err((
-                    unallowed_class(m.generation, allowed.base),
-                    format!("{} ({})", m.describe(), seen.describe()),
-                    vec![m.witness()],
-                ));
+                return shown(m);
             }
             return fail(
                 Class::MetadataMismatch,
@@ -1597,15 +1726,24 @@ impl Oracle {
             );
         }
         if let Seen::Absent = seen {
+            // Absent is also the value of a DELETE the client abandoned.
+            if let Some(d) = kh.abandoned_delete(allowed.base) {
+                return Err((
+                    Class::LateWrite,
+                    format!(
+                        "{}: the DELETE g{}{}",
+                        seen.describe(),
+                        d.generation,
+                        late_text(&d, allowed.base)
+                    ),
+                    vec![d.witness()],
+                ));
+            }
             return fail(Class::LostWrite, seen.describe());
         }
         // A value outside the allowed set: name it by what it was.
         if let Some(m) = all.iter().find(|w| self.matches(kh, seen, w) && names(w)) {
-            return Err((
-                unallowed_class(m.generation, allowed.base),
-                format!("{} ({})", m.describe(), seen.describe()),
-                vec![m.witness()],
-            ));
+            return shown(m);
         }
         // The block headers inside the bytes outweigh a generation number in
         // a header: another key's bytes are misdirected, whatever their metadata.
@@ -1639,10 +1777,30 @@ impl Oracle {
             && g <= kh.max_generation
             && self.is_generation(kh, seen, g)
         {
-            return fail(
-                unallowed_class(g, allowed.base),
-                format!("g{g}, dropped from the history kept ({})", seen.describe()),
-            );
+            let past = kh.past.iter().find(|p| p.generation == g);
+            let outcome = past.map_or(Outcome::Ok, |p| p.outcome);
+            let class = seen_class(g, outcome, allowed.base);
+            let late = match (class, past) {
+                (Class::LateWrite, Some(p)) => late_text(p, allowed.base),
+                _ => String::new(),
+            };
+            return Err((
+                class,
+                format!(
+                    "g{g}, dropped from the history kept{late} ({})",
+                    seen.describe()
+                ),
+                past.map(|p| p.witness()).into_iter().collect(),
+            ));
+        }
+        if let Seen::Unsatisfiable { .. } = seen {
+            // "Shorter than the range's first byte" fits no version allowed.
+            let class = match allowed.base {
+                _ if allowed.present().next().is_some() => Class::MetadataMismatch,
+                Some(b) if b.deleted => Class::Resurrection,
+                _ => Class::Phantom,
+            };
+            return fail(class, seen.describe());
         }
         if let Seen::Head { .. } = seen {
             return fail(Class::MetadataMismatch, seen.describe());
@@ -1705,7 +1863,8 @@ impl Oracle {
                   key: Option<&str>,
                   expected: String,
                   seen: String,
-                  writes: Vec<WitnessWrite>| {
+                  writes: Vec<WitnessWrite>,
+                  since_ack_ns: Option<u64>| {
             Finding {
                 class,
                 key: key.map(str::to_string),
@@ -1715,6 +1874,8 @@ impl Oracle {
                 expected,
                 seen,
                 writes,
+                final_read: false,
+                since_ack_ns,
             }
         };
         let entries = &view.keys;
@@ -1735,6 +1896,7 @@ impl Oracle {
                     "keys in strictly increasing order".into(),
                     format!("{} after {}", &*pair[1].0, &*pair[0].0),
                     Vec::new(),
+                    None,
                 ));
             }
         }
@@ -1747,6 +1909,7 @@ impl Oracle {
                 format!("keys after {a}"),
                 format!("{} (a continuation that repeats)", &*first.0),
                 Vec::new(),
+                None,
             ));
         }
         let phantom = |key: &str| {
@@ -1756,6 +1919,7 @@ impl Oracle {
                 "only keys this run wrote".into(),
                 format!("{key}, which this run never wrote"),
                 Vec::new(),
+                None,
             )
         };
         let unknown = |key: &str| {
@@ -1843,14 +2007,26 @@ impl Oracle {
             let allowed = kh.allowed(contract, op.t_invoke_ns, op.t_return_ns);
             let may_be_absent = allowed.absent_allowed();
             let may_be_present = allowed.present().next().is_some();
+            let lag = allowed.since_ack(op.t_invoke_ns);
             match listed {
-                None if !may_be_absent => findings.push(mk(
-                    Class::ListMissing,
-                    Some(key),
-                    allowed.describe(),
-                    "not on the page".into(),
-                    allowed.witness(),
-                )),
+                None if !may_be_absent => {
+                    let mut witness = allowed.witness();
+                    let (class, seen) = match kh.abandoned_delete(allowed.base) {
+                        Some(d) => {
+                            witness.push(d.witness());
+                            (
+                                Class::LateWrite,
+                                format!(
+                                    "not on the page: absent, the DELETE g{}{}",
+                                    d.generation,
+                                    late_text(&d, allowed.base)
+                                ),
+                            )
+                        }
+                        None => (Class::ListMissing, "not on the page".into()),
+                    };
+                    findings.push(mk(class, Some(key), allowed.describe(), seen, witness, lag))
+                }
                 Some((size, etag))
                     if !may_be_present || !allowed.present().any(|w| listed_as(w, size, etag)) =>
                 {
@@ -1873,21 +2049,28 @@ impl Oracle {
                         });
                     let mut witness = allowed.witness();
                     witness.extend(older.map(|p| p.witness()));
-                    let shows = older.map_or(String::new(), |p| {
-                        format!(": g{}, older than allowed", p.generation)
-                    });
-                    let (class, seen) = if may_be_present {
-                        (
-                            Class::MetadataMismatch,
-                            format!(
-                                "listed with {size} bytes, ETag {}{shows}",
-                                etag.map_or("none".into(), |e| format!("\"{e}\""))
-                            ),
-                        )
+                    let late = older.filter(|p| is_late(p.outcome, p.generation, allowed.base));
+                    let shows = match (older, late) {
+                        (_, Some(p)) => {
+                            format!(": g{}{}", p.generation, late_text(&p, allowed.base))
+                        }
+                        (Some(p), None) => format!(": g{}, older than allowed", p.generation),
+                        (None, None) => String::new(),
+                    };
+                    let listed_with = format!(
+                        "listed with {size} bytes, ETag {}{shows}",
+                        etag.map_or("none".into(), |e| format!("\"{e}\""))
+                    );
+                    // A late write reads the same on a page that should
+                    // show another value as on one that should show none.
+                    let (class, seen) = if late.is_some() {
+                        (Class::LateWrite, listed_with)
+                    } else if may_be_present {
+                        (Class::MetadataMismatch, listed_with)
                     } else {
                         (Class::ListGhost, format!("on the page{shows}"))
                     };
-                    findings.push(mk(class, Some(key), allowed.describe(), seen, witness))
+                    findings.push(mk(class, Some(key), allowed.describe(), seen, witness, lag))
                 }
                 _ => {}
             }
@@ -1941,6 +2124,35 @@ fn prefetch_raw(p: *const u8, len: usize) {
             unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(line)) };
         }
     }
+}
+
+/// Is a value of generation `g`, written with `outcome`, seen after `base`
+/// a late write (oracle.md §6): one the client abandoned, applied after a
+/// later write was acknowledged?
+fn is_late(outcome: Outcome, g: u64, base: Option<&Write>) -> bool {
+    outcome == Outcome::Ambiguous && base.is_some_and(|b| b.generation > g)
+}
+
+/// What a late write's finding says of it.
+fn late_text(abandoned: &Past, base: Option<&Write>) -> String {
+    format!(
+        ", abandoned by the client (ambiguous, op {}, sent {:.3}-{:.3} s) and seen after g{} was acknowledged (op {} at {:.3} s); plain linearizability allows this, read-after-write over acknowledged writes does not",
+        abandoned.op_id,
+        abandoned.t_invoke as f64 / 1e9,
+        abandoned.t_return as f64 / 1e9,
+        base.map_or(0, |b| b.generation),
+        base.map_or(0, |b| b.op_id),
+        base.map_or(0, |b| b.t_return) as f64 / 1e9,
+    )
+}
+
+/// The name of having seen generation `g` (written with `outcome`), which
+/// was not allowed after `base`.
+fn seen_class(g: u64, outcome: Outcome, base: Option<&Write>) -> Class {
+    if is_late(outcome, g, base) {
+        return Class::LateWrite;
+    }
+    unallowed_class(g, base)
 }
 
 /// The name of having seen generation `g`, which was not allowed after `base`.

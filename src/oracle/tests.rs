@@ -196,6 +196,15 @@ impl H {
         self.push(op)
     }
 
+    /// A Range GET answered 416, with `bytes */total` if `total` is given.
+    fn range_416(&mut self, key: &str, t: (u64, u64), spec: &str, total: Option<u64>) -> &mut H {
+        let mut op = base_op(0, OpKind::Range, Some(k(key)), t, Outcome::Ok);
+        op.http_status = Some(416);
+        op.range_header = Some(spec.into());
+        op.size = total;
+        self.push(op)
+    }
+
     fn list(
         &mut self,
         t: (u64, u64),
@@ -324,6 +333,39 @@ fn valid_histories_produce_no_findings() {
         &[],
     );
     check_row(
+        "a 416 for a range past the end of the object",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .range_416("a", (20, 30), "bytes=10-", Some(10))
+            .range_416("a", (20, 30), "bytes=50-60", None),
+        &[],
+    );
+    check_row(
+        "a 416 for any range of an empty object (RFC 9110)",
+        H::default()
+            .put("a", 1, 0, (0, 10), Acked)
+            .range_416("a", (20, 30), "bytes=-1", Some(0)),
+        &[],
+    );
+    check_row(
+        "a 416 racing an overwrite that makes the object shorter",
+        H::default()
+            .put("a", 1, 100, (0, 10), Acked)
+            .put("a", 2, 5, (20, 40), Acked)
+            .range_416("a", (30, 35), "bytes=50-", Some(5)),
+        &[],
+    );
+    check_row(
+        "an abandoned write seen before any later write was acknowledged",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Ambiguous)
+            .get("a", (100, 110), Saw::Gen("a", 2, 20))
+            .put("a", 3, 30, (120, 130), Acked)
+            .get("a", (140, 150), Saw::Gen("a", 3, 30)),
+        &[],
+    );
+    check_row(
         "a truncated page covers only up to its last key",
         H::default()
             .put("a", 1, 10, (0, 10), Acked)
@@ -448,6 +490,89 @@ fn each_violation_class_is_named() {
             0,
         ),
         &[Class::MetadataMismatch],
+    );
+    check_row(
+        "metadata-mismatch: a 416 claiming an object shorter than every allowed version",
+        H::default()
+            .put("a", 1, 100, (0, 10), Acked)
+            .range_416("a", (20, 30), "bytes=50-", None),
+        &[Class::MetadataMismatch],
+    );
+    check_row(
+        "metadata-mismatch: a 416 naming a size no allowed version has",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .range_416("a", (20, 30), "bytes=10-", Some(9)),
+        &[Class::MetadataMismatch],
+    );
+    check_row(
+        "stale-read: a 416 that fits only the overwritten, shorter version",
+        H::default()
+            .put("a", 1, 5, (0, 10), Acked)
+            .put("a", 2, 100, (20, 30), Acked)
+            .range_416("a", (40, 50), "bytes=50-", Some(5)),
+        &[Class::StaleRead],
+    );
+    check_row(
+        "resurrection: a 416 for a key deleted and acknowledged",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .del("a", 2, (20, 30), Acked)
+            .range_416("a", (40, 50), "bytes=10-", None),
+        &[Class::Resurrection],
+    );
+    check_row(
+        "phantom: a 416 for a key never written",
+        H::default()
+            .put("b", 1, 10, (0, 10), Acked)
+            .put("a", 1, 10, (20, 30), Acked)
+            .range_416("a", (5, 8), "bytes=10-", Some(3)),
+        &[Class::Phantom],
+    );
+    check_row(
+        "late-write: an abandoned overwrite seen after a later one was acknowledged",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Ambiguous)
+            .put("a", 3, 30, (40, 50), Acked)
+            .get("a", (60, 70), Saw::Gen("a", 2, 20)),
+        &[Class::LateWrite],
+    );
+    check_row(
+        "late-write: an abandoned PUT seen after an acknowledged DELETE",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Ambiguous)
+            .del("a", 3, (40, 50), Acked)
+            .head("a", (60, 70), 20, 2),
+        &[Class::LateWrite],
+    );
+    check_row(
+        "late-write: absent, the value of an abandoned DELETE, after an acknowledged PUT",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .del("a", 2, (20, 30), Ambiguous)
+            .put("a", 3, 30, (40, 50), Acked)
+            .get("a", (60, 70), Saw::Absent),
+        &[Class::LateWrite],
+    );
+    check_row(
+        "late-write: a LIST entry showing an abandoned overwrite",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .put("a", 2, 20, (20, 30), Ambiguous)
+            .put("a", 3, 30, (40, 50), Acked)
+            .list((60, 70), None, &[("a", 20)], false),
+        &[Class::LateWrite],
+    );
+    check_row(
+        "late-write: a key missing from a page after its abandoned DELETE",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .del("a", 2, (20, 30), Ambiguous)
+            .put("a", 3, 30, (40, 50), Acked)
+            .list((60, 70), None, &[], false),
+        &[Class::LateWrite],
     );
     check_row(
         "list-missing: an acknowledged key absent from a page covering it",
@@ -612,6 +737,27 @@ fn findings_carry_their_witness() {
     assert_eq!(f.expected, "g2 (20 bytes)");
     assert!(f.seen.starts_with("g1 (10 bytes)"), "{}", f.seen);
     assert_eq!(v.coverage.reads_checked, 1);
+    // The read began 10 after its deciding write (g2) was acknowledged.
+    assert_eq!(f.since_ack_ns, Some(10));
+    assert!(!f.final_read);
+}
+
+#[test]
+fn a_late_write_names_the_abandoned_write_and_the_acknowledged_one_it_overwrote() {
+    let mut h = H::default();
+    h.put("a", 1, 10, (0, 10), Acked)
+        .put("a", 2, 20, (20, 30), Ambiguous)
+        .put("a", 3, 30, (40, 50), Acked)
+        .get("a", (60, 70), Saw::Gen("a", 2, 20));
+    let f = &check(&info(), h.ops.clone()).findings[0];
+    assert_eq!(f.class, Class::LateWrite);
+    // The acknowledged write that was expected, then the abandoned one seen.
+    assert_eq!(f.write_ids(), vec![3, 2]);
+    assert_eq!(f.writes[1].outcome, Ambiguous);
+    assert_eq!((f.writes[1].t_invoke_ns, f.writes[1].t_return_ns), (20, 30));
+    assert!(f.seen.contains("abandoned by the client"), "{}", f.seen);
+    assert!(f.seen.contains("after g3 was acknowledged"), "{}", f.seen);
+    assert!(f.seen.contains("linearizability allows this"), "{}", f.seen);
 }
 
 #[test]
@@ -844,18 +990,31 @@ fn plant(ops: &[OpRecord], class: Class) -> Option<Vec<OpRecord>> {
         };
         match class {
             Class::LostWrite if op.kind == OpKind::Get && !allowed.as_ref()?.absent_allowed() => {
+                // Not where a DELETE the client abandoned came before base:
+                // absent is then that DELETE's value, applied late.
+                let base = allowed.as_ref()?.base.map_or(0, |b| b.generation);
+                if keys.writes[op.key.as_deref()?]
+                    .iter()
+                    .any(|w| w.deleted && w.outcome == Ambiguous && w.generation < base)
+                {
+                    continue;
+                }
                 o.http_status = Some(404);
                 (o.generation, o.size, o.sha256, o.detail) = (None, None, None, None);
             }
-            Class::StaleRead | Class::Resurrection if op.kind == OpKind::Get => {
+            Class::StaleRead | Class::Resurrection | Class::LateWrite if op.kind == OpKind::Get => {
                 let a = allowed.as_ref()?;
                 let Some(base) = a.base else { continue };
-                if base.deleted != (class == Class::Resurrection) {
+                if class != Class::LateWrite && base.deleted != (class == Class::Resurrection) {
                     continue;
                 }
+                // A late write shows a value the client abandoned; a stale
+                // read or a resurrection one that was acknowledged.
+                let abandoned = class == Class::LateWrite;
                 let key = op.key.as_deref()?;
                 let older = keys.writes[key].iter().find(|w| {
                     !w.deleted
+                        && (w.outcome == Ambiguous) == abandoned
                         && w.generation < base.generation
                         && w.size > 0
                         && !a
@@ -905,9 +1064,18 @@ fn plant(ops: &[OpRecord], class: Class) -> Option<Vec<OpRecord>> {
                         } else {
                             names.len()
                         };
-                        let Some(j) =
-                            (0..limit).find(|&j| !page_allowed(&names[j]).absent_allowed())
-                        else {
+                        // Not a key whose abandoned DELETE came before base
+                        // (missing, it shows that DELETE applied late).
+                        let abandoned_delete = |k: &str| {
+                            let base = page_allowed(k).base.map_or(0, |b| b.generation);
+                            keys.writes[k]
+                                .iter()
+                                .any(|w| w.deleted && w.outcome == Ambiguous && w.generation < base)
+                        };
+                        let Some(j) = (0..limit).find(|&j| {
+                            !page_allowed(&names[j]).absent_allowed()
+                                && !abandoned_delete(&names[j])
+                        }) else {
                             continue;
                         };
                         let mut fewer = entries.clone();
@@ -1041,6 +1209,44 @@ fn final_verification_reads_that_get_no_answer_are_unrecoverable() {
             .final_(),
         &[Class::Unrecoverable],
     );
+    check_row(
+        "a final GET answered at its second attempt is no finding",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .unavailable(OpKind::Get, "a", (20, 30))
+            .final_()
+            .get("a", (40, 50), Saw::Gen("a", 1, 10))
+            .final_(),
+        &[],
+    );
+    check_row(
+        "unrecoverable once per read no attempt answered, whatever its attempts",
+        H::default()
+            .put("a", 1, 10, (0, 10), Acked)
+            .unavailable(OpKind::Get, "a", (20, 30))
+            .final_()
+            .unavailable(OpKind::Head, "a", (20, 30))
+            .final_()
+            .unavailable(OpKind::Get, "a", (40, 50))
+            .final_()
+            .head("a", (60, 70), 10, 1)
+            .final_(),
+        &[Class::Unrecoverable],
+    );
+    let mut h = H::default();
+    h.put("a", 1, 10, (0, 10), Acked)
+        .unavailable(OpKind::Get, "a", (20, 30))
+        .final_()
+        .unavailable(OpKind::Get, "a", (40, 50))
+        .final_();
+    let f = &check(&info(), h.ops.clone()).findings[0];
+    assert_eq!(f.op_id, 3, "the finding cites the last attempt");
+    assert!(
+        f.seen.starts_with("2 attempts without an answer"),
+        "{}",
+        f.seen
+    );
+    assert!(f.final_read);
     check_row(
         "final reads are checked like any other",
         H::default()

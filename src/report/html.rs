@@ -82,16 +82,16 @@ pub fn render(r: &Report) -> String {
             }),
         );
     }
-    let known = r.known();
-    if !known.is_empty() {
-        html.push_str("<p>Known deviations (tolerated by the profile):</p>\n");
-        table(
-            &mut html,
-            &["class", "count", "why"],
-            known
-                .into_iter()
-                .map(|(c, reason, n)| vec![c, n.to_string(), reason]),
-        );
+    if !r.absorbed.is_empty() {
+        html.push_str("<p>Known deviations: what each tolerance rule of the profile absorbed (recorded, not failing the run):</p>\n");
+        if let Some(loud) = r.final_absorbed() {
+            let _ = writeln!(
+                html,
+                "<p class=\"fail\"><strong>{}.</strong></p>",
+                esc(&loud)
+            );
+        }
+        table(&mut html, &super::RULE_COLUMNS, r.rule_cells());
     }
     html.push_str("<h2>Over time</h2>\n");
     let _ = writeln!(html, "<figure>{}</figure>", throughput_svg(r));

@@ -19,6 +19,16 @@ use crate::oracle::Coverage;
 use crate::run::RunVerdict;
 use crate::run::coverage::{FaultCoverage, fault_coverage};
 
+/// The columns of the tolerance rules' table.
+const RULE_COLUMNS: [&str; 7] = [
+    "rule",
+    "class",
+    "bounds",
+    "absorbed",
+    "latest after its deciding write",
+    "in the final verification",
+    "why",
+];
 /// Findings shown with their full witness; the rest are counted.
 const WITNESSES_SHOWN: usize = 20;
 /// Points of a time-series plot at most.
@@ -40,6 +50,86 @@ pub struct Report {
     /// Throughput and latency over time.
     pub series: Vec<Point>,
     pub selftest: Option<serde_json::Value>,
+    /// Per tolerance rule of the profile: what it absorbed.
+    pub absorbed: Vec<RuleRow>,
+}
+
+/// One tolerance rule and what it absorbed in a run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuleRow {
+    /// `#1` for the profile's first rule; empty for a ledger that does
+    /// not say which rule absorbed a finding (schema 5 and older).
+    pub rule: String,
+    pub class: String,
+    pub bounds: String,
+    pub reason: String,
+    pub findings: u64,
+    /// The longest time after its deciding write a read whose finding
+    /// the rule absorbed began.
+    pub latest_ns: Option<u64>,
+    /// Absorbed findings of the final verification.
+    pub final_reads: u64,
+}
+
+impl RuleRow {
+    fn latest_text(&self) -> String {
+        self.latest_ns
+            .map_or("-".into(), |ns| crate::console::ms_text(ns / 1_000_000))
+    }
+}
+
+/// Every rule of the profile (from `run_meta`'s oracle settings) with
+/// what it absorbed, then known deviations no rule of those names.
+fn absorbed_rows(meta: &BTreeMap<String, String>, findings: &[FindingRecord]) -> Vec<RuleRow> {
+    let rules: Vec<crate::cluster::profile::Tolerance> = meta
+        .get("oracle")
+        .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
+        .and_then(|o| serde_json::from_value(o["tolerate"].clone()).ok())
+        .unwrap_or_default();
+    let mut rows: Vec<RuleRow> = rules
+        .iter()
+        .enumerate()
+        .map(|(i, t)| RuleRow {
+            rule: format!("#{}", i + 1),
+            class: t.class.as_str().to_string(),
+            bounds: t.bounds(),
+            reason: t.reason.clone(),
+            findings: 0,
+            latest_ns: None,
+            final_reads: 0,
+        })
+        .collect();
+    for f in findings {
+        let Some(reason) = &f.known else { continue };
+        let at = match f.rule.map(|r| r as usize).filter(|r| *r < rules.len()) {
+            Some(r) => r,
+            None => match rows
+                .iter()
+                .position(|x| x.rule.is_empty() && x.class == f.class && x.reason == *reason)
+            {
+                Some(r) => r,
+                None => {
+                    rows.push(RuleRow {
+                        rule: String::new(),
+                        class: f.class.clone(),
+                        bounds: "not recorded".into(),
+                        reason: reason.clone(),
+                        findings: 0,
+                        latest_ns: None,
+                        final_reads: 0,
+                    });
+                    rows.len() - 1
+                }
+            },
+        };
+        let row = &mut rows[at];
+        row.findings += 1;
+        row.final_reads += u64::from(f.final_read);
+        if let Some(lag) = f.since_ack_ns {
+            row.latest_ns = Some(row.latest_ns.unwrap_or(0).max(lag));
+        }
+    }
+    rows
 }
 
 /// One bucket of the time series.
@@ -192,7 +282,9 @@ impl Report {
         }
         latency.sort_by_key(|l| order(&l.0));
         let series = series(conn).map_err(err)?;
+        let findings = ledger.findings()?;
         Ok(Report {
+            absorbed: absorbed_rows(&meta, &findings),
             run: path
                 .parent()
                 .and_then(Path::file_name)
@@ -201,7 +293,7 @@ impl Report {
             meta,
             verdict,
             coverage,
-            findings: ledger.findings()?,
+            findings,
             faults: fault_coverage(&ledger)?,
             counts,
             latency,
@@ -239,14 +331,39 @@ impl Report {
         }
     }
 
-    /// Known deviations: (class, reason, count).
-    fn known(&self) -> Vec<(String, String, u64)> {
-        let mut by: BTreeMap<(String, String), u64> = BTreeMap::new();
-        for f in self.findings.iter().filter(|f| f.known.is_some()) {
-            *by.entry((f.class.clone(), f.known.clone().unwrap_or_default()))
-                .or_default() += 1;
-        }
-        by.into_iter().map(|((c, r), n)| (c, r, n)).collect()
+    /// Known deviations absorbed in the final verification, loudly.
+    fn final_absorbed(&self) -> Option<String> {
+        let n: u64 = self.absorbed.iter().map(|r| r.final_reads).sum();
+        let rules: Vec<&str> = self
+            .absorbed
+            .iter()
+            .filter(|r| r.final_reads > 0)
+            .map(|r| r.rule.as_str())
+            .collect();
+        (n > 0).then(|| {
+            format!(
+                "{n} findings of the final verification, after the cluster recovered, were absorbed by a tolerance (rule {}) and did not fail the run",
+                rules.join(", ")
+            )
+        })
+    }
+
+    /// The rules table, as rows of cells.
+    fn rule_cells(&self) -> Vec<Vec<String>> {
+        self.absorbed
+            .iter()
+            .map(|r| {
+                vec![
+                    r.rule.clone(),
+                    r.class.clone(),
+                    r.bounds.clone(),
+                    r.findings.to_string(),
+                    r.latest_text(),
+                    r.final_reads.to_string(),
+                    r.reason.clone(),
+                ]
+            })
+            .collect()
     }
 
     /// `report.md`.
@@ -276,12 +393,19 @@ impl Report {
                 self.run
             );
         }
-        let known = self.known();
-        if !known.is_empty() {
-            let _ = writeln!(md, "Known deviations (tolerated by the profile):\n");
-            let _ = writeln!(md, "| class | count | why |\n| --- | --- | --- |");
-            for (class, reason, n) in known {
-                let _ = writeln!(md, "| {class} | {n} | {reason} |");
+        if !self.absorbed.is_empty() {
+            let _ = writeln!(
+                md,
+                "Known deviations: what each tolerance rule of the profile absorbed (recorded, not failing the run):\n"
+            );
+            if let Some(loud) = self.final_absorbed() {
+                let _ = writeln!(md, "**{loud}.**\n");
+            }
+            let _ = writeln!(md, "| {} |", RULE_COLUMNS.join(" | "));
+            let _ = writeln!(md, "|{}", " --- |".repeat(RULE_COLUMNS.len()));
+            for row in self.rule_cells() {
+                let cells: Vec<String> = row.iter().map(|c| c.replace('|', "\\|")).collect();
+                let _ = writeln!(md, "| {} |", cells.join(" | "));
             }
             md.push('\n');
         }
@@ -457,7 +581,15 @@ impl Report {
             time_s: 0.0,
             failure: gaps.map(|g| ("coverage gap".into(), g)),
         });
-        if let Some(RunVerdict::Infrastructure { reason }) = &self.verdict {
+        let infrastructure = match &self.verdict {
+            Some(RunVerdict::Infrastructure { reason })
+            | Some(RunVerdict::Findings {
+                infrastructure: Some(reason),
+                ..
+            }) => Some(reason),
+            _ => None,
+        };
+        if let Some(reason) = infrastructure {
             cases.push(Case {
                 class: "infrastructure",
                 name: "the cluster stayed ready, recovered, and within its thresholds".into(),

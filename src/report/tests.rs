@@ -22,7 +22,7 @@ fn ledger(dir: &Path) -> std::path::PathBuf {
         ("finished_at", "2026-11-22T10:00:40Z"),
         (
             "oracle",
-            r#"{"contract":"read-after-write","workers":2,"read_span_max_ns":1}"#,
+            r#"{"contract":"read-after-write","workers":2,"read_span_max_ns":1,"tolerate":[{"class":"list-ghost","within_ms":2000,"reason":"a known LIST deviation"},{"class":"metadata-mismatch","within_ms":"none","reason":"another"}]}"#,
         ),
         (
             "reproduce",
@@ -94,6 +94,9 @@ fn ledger(dir: &Path) -> std::path::PathBuf {
                 seen: "g1 (10 bytes) (10 bytes, metadata generation g1)".into(),
                 witness: witness.to_string(),
                 known: known.map(str::to_string),
+                rule: known.map(|_| 0),
+                since_ack_ns: Some(300_000_000),
+                final_read: false,
             })))
             .unwrap();
     }

@@ -18,15 +18,15 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cluster::profile::{OracleSection, Profile, Tolerance, known_deviation};
+use crate::cluster::profile::{OracleSection, Profile, Tolerance};
 use crate::cluster::{BootOptions, Cluster};
 use crate::exit::{self, Error};
 use crate::faults::{FaultStatus, Injector, Planned, SoakPlan, gate_plan};
 use crate::history::{OpKind, Outcome};
 use crate::ledger::{Ledger, LedgerReader, Record, Retention};
-use crate::oracle::{Class, Contract, Coverage, Finding, RunInfo, Verdict};
+use crate::oracle::{Contract, Coverage, Finding, RunInfo};
 use crate::workload::{Stats, Workload, WorkloadConfig};
-use online::Online;
+use online::{Judged, Online};
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered once for the whole command:
 /// a signal delivered while no one is waiting is kept for the next wait,
@@ -175,8 +175,13 @@ impl Thresholds {
 pub enum RunVerdict {
     /// Everything planned happened and no check failed.
     Pass,
-    /// The oracle found wrong data.
-    Findings { count: u64 },
+    /// The oracle found wrong data; `infrastructure` when the cluster also
+    /// did not come back (its final reads still ran).
+    Findings {
+        count: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        infrastructure: Option<String>,
+    },
     /// The cluster did not come back, so not everything could be checked.
     Infrastructure { reason: String },
     /// No findings, but the checks covered too little to vouch for the run.
@@ -198,7 +203,14 @@ impl RunVerdict {
     pub fn headline(&self) -> String {
         match self {
             RunVerdict::Pass => "PASS".into(),
-            RunVerdict::Findings { count } => format!("FAIL: {count} findings"),
+            RunVerdict::Findings {
+                count,
+                infrastructure: None,
+            } => format!("FAIL: {count} findings"),
+            RunVerdict::Findings {
+                count,
+                infrastructure: Some(reason),
+            } => format!("FAIL: {count} findings; also INFRASTRUCTURE FAILURE: {reason}"),
             RunVerdict::Infrastructure { reason } => format!("INFRASTRUCTURE FAILURE: {reason}"),
             RunVerdict::CoverageGap { gaps } => format!("COVERAGE GAP: {}", gaps.join("; ")),
             RunVerdict::Unknown { reason } => format!("UNKNOWN: {reason}"),
@@ -670,7 +682,7 @@ async fn drive(
                 _ = progress.tick() => {
                     let total = stats.total();
                     let line = format!(
-                        "{:>6.0} s  {:>7} ops  {:>5.0} ops/s  {} not ok  {} checked  {} findings ({} known)  {}",
+                        "{:>6.0} s  {:>7} ops  {:>5.0} ops/s  {} not ok  {} checked  {} findings ({} known{})  {}",
                         clock.elapsed().as_secs_f64(),
                         total,
                         (total - last_total) as f64 / last_tick.elapsed().as_secs_f64().max(0.001),
@@ -678,6 +690,7 @@ async fn drive(
                         status.checked(),
                         status.findings(),
                         status.known(),
+                        absorbed_brief(&status),
                         describe_faults(&fault_status, planned),
                     );
                     if live.is_live() {
@@ -744,23 +757,28 @@ async fn drive(
             _ = interrupts.next() => return Err(Error::Interrupted),
         };
         match gate {
-            Ok(r) => {
-                crate::console::say(&format!(
-                    "faultline: recovered in {:.1} s; final verification of every key",
-                    r.took.as_secs_f64()
-                ));
-                tokio::select! {
-                    r = workload.clone().verify_all() => r?,
-                    _ = interrupts.next() => return Err(Error::Interrupted),
-                }
-            }
+            Ok(r) => crate::console::say(&format!(
+                "faultline: recovered in {:.1} s; final verification of every key",
+                r.took.as_secs_f64()
+            )),
             Err(failure) => {
                 crate::console::say(&format!(
-                    "faultline: {failure}; skipping final verification"
+                    "faultline: {failure}; final verification of every key all the same (bounded), so that data the cluster lost is named"
                 ));
                 infra = Some(failure.to_string());
             }
         }
+    } else {
+        crate::console::say(
+            "faultline: final verification of every key without a recovered cluster (bounded), so that data the cluster lost is named",
+        );
+    }
+    // A cluster that lost data may never pass the gate (replication 1 and
+    // a dead node): its reads still run, each retried within the
+    // workload's `final_retry_ms` (oracle.md §7).
+    tokio::select! {
+        r = workload.clone().verify_all() => r?,
+        _ = interrupts.next() => return Err(Error::Interrupted),
     }
     record_metrics(&ledger, &stats, &status, clock);
     cluster.snapshot_metrics("end").await;
@@ -797,7 +815,6 @@ async fn drive(
     }
     let run_verdict = judge(
         verdict.as_ref(),
-        &oracle_meta.tolerate,
         infra,
         status.lost(),
         &stats,
@@ -831,9 +848,8 @@ async fn drive(
         let unexpected = verdict
             .as_ref()
             .map(|v| {
-                v.findings
+                v.violations
                     .iter()
-                    .filter(|f| known_deviation(&oracle_meta.tolerate, f).is_none())
                     .filter(|f| f.key.as_ref().is_none_or(|k| !damaged.contains(k)))
                     .cloned()
                     .collect()
@@ -874,6 +890,30 @@ fn skipped_gaps(
         .filter(|(k, _, _)| mode != FaultMode::Soak || !ran.iter().any(|f| f.kind == k.as_str()))
         .map(|(k, role, why)| format!("{} on {role} skipped: {why}", k.as_str()))
         .collect()
+}
+
+/// Per tolerance rule that absorbed anything, for the progress line:
+/// `: #1 120 <= 1.0 s, #2 4031 <= 45 s` (findings, the latest lag).
+fn absorbed_brief(status: &online::Status) -> String {
+    let parts: Vec<String> = status
+        .absorbed()
+        .iter()
+        .enumerate()
+        .filter(|(_, (n, _))| *n > 0)
+        .map(|(i, (n, lag))| match lag {
+            Some(ns) => format!(
+                "#{} {n} <= {}",
+                i + 1,
+                crate::console::ms_text(ns / 1_000_000)
+            ),
+            None => format!("#{} {n}", i + 1),
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!(": {}", parts.join(", "))
+    }
 }
 
 /// One phrase on the faults for the progress line.
@@ -927,8 +967,7 @@ fn print_faults(faults: &[coverage::FaultCoverage]) {
 /// The run's verdict from what the oracle found and what was covered.
 #[allow(clippy::too_many_arguments)]
 fn judge(
-    verdict: Option<&Verdict>,
-    tolerate: &[Tolerance],
+    verdict: Option<&Judged>,
     infra: Option<String>,
     lost: bool,
     stats: &Stats,
@@ -942,14 +981,10 @@ fn judge(
             reason: "the online check stopped before the run ended".into(),
         };
     };
-    let failing = v
-        .findings
-        .iter()
-        .filter(|f| known_deviation(tolerate, f).is_none())
-        .count();
-    if failing > 0 {
+    if !v.violations.is_empty() {
         return RunVerdict::Findings {
-            count: failing as u64,
+            count: v.violations.len() as u64,
+            infrastructure: infra,
         };
     }
     if let Some(reason) = infra {
@@ -1086,33 +1121,13 @@ fn print_summary(stats: &Stats, elapsed: Duration, records: u64, ledger: &Path) 
     );
 }
 
-/// Prints up to `show` findings that fail the run as a table, and counts
-/// per class of those and of the known deviations.
-pub fn print_findings(verdict: &Verdict, tolerate: &[Tolerance], show: usize) {
-    let (known, failing): (Vec<&Finding>, Vec<&Finding>) = verdict
-        .findings
-        .iter()
-        .partition(|f| known_deviation(tolerate, f).is_some());
-    let counts = |list: &[&Finding], more: &std::collections::BTreeMap<Class, u64>| {
-        let mut by_class = std::collections::BTreeMap::new();
-        for f in list {
-            *by_class.entry(f.class.as_str()).or_insert(0u64) += 1;
-        }
-        for (class, n) in more {
-            *by_class.entry(class.as_str()).or_insert(0u64) += n;
-        }
-        by_class
-            .iter()
-            .map(|(c, n)| format!("{n} {c}"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    if !known.is_empty() || !verdict.known_not_kept.is_empty() {
-        println!(
-            "known deviations of the store (tolerated by the profile): {}",
-            counts(&known, &verdict.known_not_kept)
-        );
+/// Prints what each tolerance rule absorbed, then up to `show` findings
+/// that fail the run as a table and their counts per class.
+pub fn print_findings(judged: &Judged, tolerate: &[Tolerance], show: usize) {
+    for line in absorbed_lines(judged, tolerate) {
+        println!("{line}");
     }
+    let failing = &judged.violations;
     if failing.is_empty() {
         return;
     }
@@ -1134,7 +1149,45 @@ pub fn print_findings(verdict: &Verdict, tolerate: &[Tolerance], show: usize) {
         ]);
     }
     println!("{table}");
-    println!("findings: {}", counts(&failing, &Default::default()));
+    let mut by_class = std::collections::BTreeMap::new();
+    for f in failing {
+        *by_class.entry(f.class.as_str()).or_insert(0u64) += 1;
+    }
+    let counts: Vec<String> = by_class.iter().map(|(c, n)| format!("{n} {c}")).collect();
+    println!("findings: {}", counts.join(", "));
+}
+
+/// One line per tolerance rule that absorbed findings: how many, the
+/// longest time after the deciding write, and loudly any absorbed in
+/// the final verification.
+pub fn absorbed_lines(judged: &Judged, tolerate: &[Tolerance]) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (i, (rule, a)) in tolerate.iter().zip(&judged.absorbed).enumerate() {
+        if a.findings == 0 {
+            continue;
+        }
+        let mut line = format!(
+            "known deviation, rule #{} {} ({}): {} absorbed",
+            i + 1,
+            rule.class.as_str(),
+            rule.bounds(),
+            a.findings
+        );
+        if let Some(lag) = a.max_since_ack_ns {
+            line += &format!(
+                ", the latest {} after its deciding write",
+                crate::console::ms_text(lag / 1_000_000)
+            );
+        }
+        if a.final_reads > 0 {
+            line += &format!(
+                "; {} OF THEM IN THE FINAL VERIFICATION, after the cluster recovered",
+                a.final_reads
+            );
+        }
+        lines.push(line);
+    }
+    lines
 }
 
 pub fn print_coverage(c: &Coverage) {
@@ -1169,7 +1222,10 @@ pub fn ledger_path(run: &Path) -> Result<PathBuf, Error> {
 pub struct Verified {
     pub info: RunInfo,
     pub tolerate: Vec<Tolerance>,
-    pub verdict: Verdict,
+    /// Every finding, in the order the oracle produced them.
+    pub findings: Vec<Finding>,
+    /// The same findings, judged by the profile's tolerances.
+    pub judged: Judged,
     pub operations: u64,
     /// What the online check recorded in the ledger, of the operations
     /// it still holds (retention folds old reads, never their findings).
@@ -1180,8 +1236,7 @@ impl Verified {
     /// Did this check find exactly the violations (class and operation)
     /// the online check recorded, in the same order?
     pub fn agrees_with_online(&self) -> bool {
-        self.verdict
-            .findings
+        self.findings
             .iter()
             .map(|f| (f.class.as_str(), Some(f.op_id)))
             .eq(self.recorded.iter().map(|f| (f.class.as_str(), f.op_id)))
@@ -1223,13 +1278,21 @@ pub fn verify(path: &Path) -> Result<Verified, Error> {
     })?;
     checker.observe_all(&mut batch);
     findings.extend(checker.take_findings());
-    let mut verdict = checker.finish();
-    findings.append(&mut verdict.findings);
-    verdict.findings = findings;
+    let verdict = checker.finish();
+    findings.extend(verdict.findings);
+    // Judged with every fault window the ledger has: the online check
+    // knew each one by the time the operations it covers arrived.
+    let faults = ledger.faults()?;
+    let mut judged = Judged::new(oracle.tolerate.len());
+    for f in &findings {
+        judged.take(&oracle.tolerate, f.clone(), &faults);
+    }
+    judged.coverage = verdict.coverage;
     Ok(Verified {
         info,
         tolerate: oracle.tolerate,
-        verdict,
+        findings,
+        judged,
         operations,
         recorded: ledger.findings_of_kept_ops()?,
     })

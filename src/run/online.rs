@@ -4,17 +4,25 @@
 //! active and the witness. A shared `Status` lets the run stop on the first
 //! violation and shows findings in the progress view.
 //!
+//! The profile's tolerances are applied here, once, as each finding comes
+//! out (`Judged::take`): a finding a rule absorbs is a known deviation,
+//! counted per rule with the longest time after its deciding write that
+//! the rule absorbed one; any other finding fails the run.
+//!
 //! The offline check (`faultline verify`) runs the same oracle over the
-//! same ledger order, so both find the same violations.
+//! same ledger order and judges its findings the same way, so both find
+//! the same violations.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::cluster::profile::{Tolerance, known_deviation};
+use serde::{Deserialize, Serialize};
+
+use crate::cluster::profile::Tolerance;
 use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, TAP_BATCH_MAX, Tap, Tapped};
-use crate::oracle::{Class, Finding, Oracle, RunInfo, Verdict};
+use crate::oracle::{Class, Coverage, Finding, Oracle, RunInfo};
 
 /// Operations queued for the checker before the ledger writer waits (in
 /// messages of at most `TAP_BATCH_MAX`).
@@ -26,6 +34,101 @@ const KNOWN_KEPT: usize = 1_000;
 /// Recent findings kept for watchers (the self-test); the ledger has all.
 const RECENT_MAX: usize = 10_000;
 
+/// What one tolerance rule absorbed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Absorbed {
+    pub findings: u64,
+    /// The longest time after its deciding write that a read whose
+    /// finding the rule absorbed began.
+    pub max_since_ack_ns: Option<u64>,
+    /// Of those, reads of the final verification.
+    pub final_reads: u64,
+}
+
+impl Absorbed {
+    fn add(&mut self, f: &Finding) {
+        self.findings += 1;
+        self.final_reads += u64::from(f.final_read);
+        if let Some(lag) = f.since_ack_ns {
+            self.max_since_ack_ns = Some(self.max_since_ack_ns.unwrap_or(0).max(lag));
+        }
+    }
+}
+
+/// A check's findings, judged by the profile's tolerances.
+#[derive(Debug, Clone, Default)]
+pub struct Judged {
+    /// Findings no rule absorbed: every one fails the run.
+    pub violations: Vec<Finding>,
+    /// Known deviations with the rule that absorbed each: the first
+    /// `KNOWN_KEPT` whole (the ledger records every one).
+    pub known: Vec<(usize, Finding)>,
+    /// Per rule of the profile, in its order: what it absorbed.
+    pub absorbed: Vec<Absorbed>,
+    pub coverage: Coverage,
+}
+
+impl Judged {
+    pub fn new(rules: usize) -> Judged {
+        Judged {
+            absorbed: vec![Absorbed::default(); rules],
+            ..Judged::default()
+        }
+    }
+
+    /// Judges one finding against `rules`, with the fault windows known so
+    /// far; returns the rule that absorbed it, if one did.
+    pub fn take(
+        &mut self,
+        rules: &[Tolerance],
+        f: Finding,
+        faults: &[FaultRecord],
+    ) -> Option<usize> {
+        let rule = absorbing_rule(rules, &f, faults);
+        match rule {
+            None => self.violations.push(f),
+            Some(r) => {
+                if self.absorbed.len() <= r {
+                    self.absorbed.resize(r + 1, Absorbed::default());
+                }
+                self.absorbed[r].add(&f);
+                if self.known.len() < KNOWN_KEPT {
+                    self.known.push((r, f));
+                }
+            }
+        }
+        rule
+    }
+
+    /// Known deviations, over every rule.
+    pub fn known_count(&self) -> u64 {
+        self.absorbed.iter().map(|a| a.findings).sum()
+    }
+}
+
+/// The first rule that absorbs `f`: the finding's deciding write counts
+/// as written during a fault when its acknowledgement falls in a fault
+/// window (from the fault's start to its recovery).
+pub fn absorbing_rule(rules: &[Tolerance], f: &Finding, faults: &[FaultRecord]) -> Option<usize> {
+    let in_fault = f.since_ack_ns.is_some_and(|lag| {
+        let acked = f.t_invoke_ns.saturating_sub(lag);
+        fault_at(faults, acked, acked).is_some()
+    });
+    rules.iter().position(|t| t.absorbs(f, in_fault))
+}
+
+/// A finding as watchers see it: when it came out, and whether a
+/// tolerance absorbed it.
+pub type Recent = (Instant, Finding, bool);
+
+/// Per rule, for the live view: findings absorbed and the longest lag + 1
+/// (0: none known).
+#[derive(Default)]
+struct RuleCounters {
+    findings: AtomicU64,
+    max_lag_ns_plus_one: AtomicU64,
+}
+
 /// What the run's driver and progress view can see of the online check.
 #[derive(Default)]
 pub struct Status {
@@ -33,6 +136,8 @@ pub struct Status {
     findings: AtomicU64,
     /// Findings the profile tolerates as known deviations of the store.
     known: AtomicU64,
+    /// Per tolerance rule, what it absorbed.
+    rules: Vec<RuleCounters>,
     by_class: [AtomicU64; Class::ALL.len()],
     checked: AtomicU64,
     waiting: AtomicU64,
@@ -42,7 +147,7 @@ pub struct Status {
     /// out, numbered from 0; kept only once someone asked for them (the
     /// self-test): a soak's known deviations would otherwise hold
     /// megabytes no one reads.
-    recent: Mutex<(u64, std::collections::VecDeque<(Instant, Finding)>)>,
+    recent: Mutex<(u64, std::collections::VecDeque<Recent>)>,
     watched: AtomicBool,
     /// Set when the checker stopped early (a panic): the verdict is unknown.
     lost: AtomicBool,
@@ -50,6 +155,26 @@ pub struct Status {
 }
 
 impl Status {
+    /// A status for a profile with `rules` tolerance rules.
+    pub fn with_rules(rules: usize) -> Status {
+        Status {
+            rules: (0..rules).map(|_| RuleCounters::default()).collect(),
+            ..Status::default()
+        }
+    }
+
+    /// Per rule: findings absorbed and the longest lag after the deciding
+    /// write, so far.
+    pub fn absorbed(&self) -> Vec<(u64, Option<u64>)> {
+        self.rules
+            .iter()
+            .map(|r| {
+                let lag = r.max_lag_ns_plus_one.load(Ordering::Relaxed);
+                (r.findings.load(Ordering::Relaxed), lag.checked_sub(1))
+            })
+            .collect()
+    }
+
     pub fn findings(&self) -> u64 {
         self.findings.load(Ordering::Relaxed)
     }
@@ -86,9 +211,10 @@ impl Status {
     }
 
     /// Findings numbered `from` on (known deviations included), with the
-    /// instant each came out, and the number to ask from next time.
-    /// The first call starts the record: ask once before what you watch.
-    pub fn findings_since(&self, from: u64) -> (Vec<(Instant, Finding)>, u64) {
+    /// instant each came out and whether a tolerance absorbed it, and the
+    /// number to ask from next time. The first call starts the record:
+    /// ask once before what you watch.
+    pub fn findings_since(&self, from: u64) -> (Vec<Recent>, u64) {
         self.watched.store(true, Ordering::Relaxed);
         let Ok(recent) = self.recent.lock() else {
             return (Vec::new(), from);
@@ -110,18 +236,27 @@ impl Status {
         }
     }
 
-    fn record(&self, f: &Finding, known: bool) {
+    fn record(&self, f: &Finding, rule: Option<usize>) {
         if let Ok(mut recent) = self.recent.lock() {
             recent.0 += 1;
             if self.watched.load(Ordering::Relaxed) {
-                recent.1.push_back((Instant::now(), f.clone()));
+                recent
+                    .1
+                    .push_back((Instant::now(), f.clone(), rule.is_some()));
                 if recent.1.len() > RECENT_MAX {
                     recent.1.pop_front();
                 }
             }
         }
-        if known {
+        if let Some(r) = rule {
             self.known.fetch_add(1, Ordering::Relaxed);
+            if let Some(c) = self.rules.get(r) {
+                c.findings.fetch_add(1, Ordering::Relaxed);
+                if let Some(lag) = f.since_ack_ns {
+                    c.max_lag_ns_plus_one
+                        .fetch_max(lag.saturating_add(1), Ordering::Relaxed);
+                }
+            }
             return;
         }
         let i = Class::ALL
@@ -155,8 +290,8 @@ pub fn summary(f: &Finding) -> String {
 pub struct Online {
     tap: Tap,
     ledger_tx: mpsc::SyncSender<Ledger>,
-    /// The verdict, and the CPU the thread used.
-    thread: JoinHandle<(Verdict, Duration)>,
+    /// The judged findings, and the CPU the thread used.
+    thread: JoinHandle<(Judged, Duration)>,
     pub status: Arc<Status>,
 }
 
@@ -167,7 +302,7 @@ impl Online {
     pub fn start(info: RunInfo, tolerate: Vec<Tolerance>) -> (Online, Tap) {
         let (tap, rx) = mpsc::sync_channel(TAP_QUEUE_MAX / TAP_BATCH_MAX);
         let (ledger_tx, ledger_rx) = mpsc::sync_channel::<Ledger>(1);
-        let status = Arc::new(Status::default());
+        let status = Arc::new(Status::with_rules(tolerate.len()));
         let thread_status = status.clone();
         let thread = std::thread::Builder::new()
             .name("faultline-oracle".into())
@@ -197,13 +332,13 @@ impl Online {
 
     /// Ends the check once everything the ledger committed was seen (call
     /// `Ledger::flush` first): judges what is still waiting and returns the
-    /// verdict; `None` if the checker died.
-    pub fn finish(self) -> Option<Verdict> {
-        self.finish_timed().map(|(verdict, _)| verdict)
+    /// findings judged; `None` if the checker died.
+    pub fn finish(self) -> Option<Judged> {
+        self.finish_timed().map(|(judged, _)| judged)
     }
 
     /// `finish`, and the CPU the checker's thread used (`bench runner`).
-    pub fn finish_timed(self) -> Option<(Verdict, Duration)> {
+    pub fn finish_timed(self) -> Option<(Judged, Duration)> {
         let _ = self.tap.send(vec![Tapped::End]);
         self.thread.join().ok()
     }
@@ -224,32 +359,24 @@ fn check_loop(
     rx: mpsc::Receiver<Vec<Tapped>>,
     ledger: Option<Ledger>,
     status: &Status,
-) -> Verdict {
+) -> Judged {
     let mut oracle = Oracle::new(info);
     let mut faults: Vec<FaultRecord> = Vec::new();
-    let mut all: Vec<Finding> = Vec::new();
-    let mut known_kept = 0;
-    let mut known_not_kept = std::collections::BTreeMap::new();
-    // Records, logs and sends each finding, then keeps it for the verdict:
-    // every violation, the first known deviations whole, the rest as counts.
-    let mut emit = |findings: Vec<Finding>, faults: &[FaultRecord]| {
+    let mut judged = Judged::new(tolerate.len());
+    // Judges, records, logs and sends each finding.
+    let emit = |findings: Vec<Finding>, faults: &[FaultRecord], judged: &mut Judged| {
         for f in findings {
-            let known = known_deviation(tolerate, &f);
-            status.record(&f, known.is_some());
-            match known {
-                Some(why) => tracing::debug!(finding = %summary(&f), why, "known deviation"),
+            let rule = absorbing_rule(tolerate, &f, faults);
+            status.record(&f, rule);
+            match rule {
+                Some(r) => tracing::debug!(finding = %summary(&f), rule = r, "known deviation"),
                 None => tracing::warn!(finding = %summary(&f), "violation"),
             }
             if let Some(l) = &ledger {
-                let record = finding_record(&f, faults, known);
+                let record = finding_record(&f, faults, rule.map(|r| (r, &tolerate[r])));
                 let _ = l.send(Record::Finding(Box::new(record)));
             }
-            if known.is_none() || known_kept < KNOWN_KEPT {
-                known_kept += usize::from(known.is_some());
-                all.push(f);
-            } else {
-                *known_not_kept.entry(f.class).or_insert(0u64) += 1;
-            }
+            judged.take(tolerate, f, faults);
         }
     };
     'receiving: while let Ok(items) = rx.recv() {
@@ -257,7 +384,7 @@ fn check_loop(
             match item {
                 Tapped::Op(op) => {
                     oracle.observe(*op);
-                    emit(oracle.take_findings(), &faults);
+                    emit(oracle.take_findings(), &faults, &mut judged);
                 }
                 Tapped::Fault(f) => match faults.iter_mut().find(|x| x.id == f.id) {
                     Some(x) => *x = *f,
@@ -274,16 +401,14 @@ fn check_loop(
             .store(oracle.waiting() as u64, Ordering::Relaxed);
     }
     // Finishing judges what was still waiting; its findings are new.
-    let mut verdict = oracle.finish();
-    let last = std::mem::take(&mut verdict.findings);
-    emit(last, &faults);
+    let verdict = oracle.finish();
+    emit(verdict.findings, &faults, &mut judged);
     status
         .checked
         .store(verdict.coverage.reads_checked, Ordering::Relaxed);
     status.waiting.store(0, Ordering::Relaxed);
-    verdict.findings = all;
-    verdict.known_not_kept = known_not_kept;
-    verdict
+    judged.coverage = verdict.coverage;
+    judged
 }
 
 /// The fault whose window (start to recovery, or to now while open)
@@ -302,8 +427,13 @@ pub fn fault_at(faults: &[FaultRecord], t_invoke: u64, t_return: u64) -> Option<
 }
 
 /// A finding as the ledger stores it: the witness as JSON, with the read,
-/// the writes and the fault active at the time; `known` when tolerated.
-pub fn finding_record(f: &Finding, faults: &[FaultRecord], known: Option<&str>) -> FindingRecord {
+/// the writes and the fault active at the time; the rule that absorbed
+/// it, when one did.
+pub fn finding_record(
+    f: &Finding,
+    faults: &[FaultRecord],
+    known: Option<(usize, &Tolerance)>,
+) -> FindingRecord {
     let fault = fault_at(faults, f.t_invoke_ns, f.t_ns);
     let witness = serde_json::json!({
         "read": {"op_id": f.op_id, "t_invoke_ns": f.t_invoke_ns, "t_return_ns": f.t_ns},
@@ -322,13 +452,17 @@ pub fn finding_record(f: &Finding, faults: &[FaultRecord], known: Option<&str>) 
         expected: f.expected.clone(),
         seen: f.seen.clone(),
         witness: witness.to_string(),
-        known: known.map(str::to_string),
+        known: known.map(|(_, t)| t.reason.clone()),
+        rule: known.map(|(r, _)| r as u32),
+        since_ack_ns: f.since_ack_ns,
+        final_read: f.final_read,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::profile::Bound;
 
     #[test]
     fn the_verdict_keeps_every_violation_but_only_counts_known_deviations_past_a_bound() {
@@ -363,19 +497,118 @@ mod tests {
         }
         tx.send(vec![Tapped::End]).unwrap();
         let tolerate = vec![Tolerance {
-            class: Class::Phantom,
-            expected_contains: None,
             seen_contains: Some("never written".into()),
-            reason: "test".into(),
+            final_reads: true,
+            ..rule(Class::Phantom, Bound::None)
         }];
-        let status = Status::default();
+        let status = Status::with_rules(1);
         let v = check_loop(RunInfo::new(1, "p/", 1), &tolerate, rx, None, &status);
-        let count = |c: Class| v.findings.iter().filter(|f| f.class == c).count();
-        assert_eq!(count(Class::Unrecoverable), 2);
-        assert_eq!(count(Class::Phantom), KNOWN_KEPT);
-        assert_eq!(v.known_not_kept.get(&Class::Phantom), Some(&5));
+        assert_eq!(v.violations.len(), 2);
+        assert!(v.violations.iter().all(|f| f.class == Class::Unrecoverable));
+        assert_eq!(v.known.len(), KNOWN_KEPT);
+        assert_eq!(v.absorbed[0].findings, phantoms);
+        assert_eq!(v.absorbed[0].final_reads, phantoms);
         assert_eq!(status.known(), phantoms);
+        assert_eq!(status.absorbed()[0].0, phantoms);
         assert_eq!(status.findings(), 2);
+    }
+
+    fn rule(class: Class, within: Bound) -> Tolerance {
+        Tolerance {
+            class,
+            expected_contains: None,
+            seen_contains: None,
+            within_ms: Some(within),
+            during_fault: false,
+            final_reads: false,
+            reason: "test".into(),
+        }
+    }
+
+    /// A deleted key still listed `lag_ms` after its DELETE returned, the
+    /// DELETE acknowledged at 10 s; the page is a final read if `last`.
+    fn ghost(lag_ms: u64, last: bool) -> Finding {
+        use crate::history::{ListDetail, OpKind, Origin, Outcome};
+        use crate::ledger::OpRecord;
+        const S: u64 = 1_000_000_000;
+        let mut put = OpRecord::new(OpKind::Put, Some("p/a".into()), Outcome::Ok);
+        (
+            put.id,
+            put.generation,
+            put.size,
+            put.t_invoke_ns,
+            put.t_return_ns,
+        ) = (1, Some(1), Some(0), S, 2 * S);
+        let mut del = OpRecord::new(OpKind::Delete, Some("p/a".into()), Outcome::Ok);
+        (del.id, del.generation, del.t_invoke_ns, del.t_return_ns) = (2, Some(2), 9 * S, 10 * S);
+        let mut page = OpRecord::new(OpKind::List, None, Outcome::Ok);
+        page.id = 3;
+        page.origin = if last {
+            Origin::Final
+        } else {
+            Origin::Readback
+        };
+        page.t_invoke_ns = 10 * S + lag_ms * 1_000_000;
+        page.t_return_ns = page.t_invoke_ns + 1;
+        let detail = ListDetail {
+            keys: vec![("p/a".into(), 0, None)],
+            ..ListDetail::default()
+        };
+        page.detail = Some(serde_json::to_string(&detail).unwrap());
+        let v = crate::oracle::check(&RunInfo::new(1, "p/", 1), [put, del, page]);
+        assert_eq!(v.findings.len(), 1, "{:?}", v.findings);
+        v.findings.into_iter().next().unwrap()
+    }
+
+    #[test]
+    fn a_bounded_rule_stops_absorbing_at_its_bound() {
+        let rules = [rule(Class::ListGhost, Bound::Ms(2_000))];
+        let inside = ghost(2_000, false);
+        assert_eq!(inside.class, Class::ListGhost);
+        assert_eq!(inside.since_ack_ns, Some(2_000_000_000));
+        assert_eq!(absorbing_rule(&rules, &inside, &[]), Some(0));
+        assert_eq!(absorbing_rule(&rules, &ghost(2_001, false), &[]), None);
+        let mut judged = Judged::new(1);
+        judged.take(&rules, ghost(300, false), &[]);
+        judged.take(&rules, inside, &[]);
+        judged.take(&rules, ghost(60_000, false), &[]);
+        assert_eq!(judged.absorbed[0].findings, 2);
+        assert_eq!(judged.absorbed[0].max_since_ack_ns, Some(2_000_000_000));
+        assert_eq!(judged.violations.len(), 1);
+    }
+
+    #[test]
+    fn a_rule_for_faults_absorbs_only_what_was_acknowledged_during_one() {
+        let rules = [Tolerance {
+            during_fault: true,
+            ..rule(Class::ListGhost, Bound::Ms(180_000))
+        }];
+        const S: u64 = 1_000_000_000;
+        // The DELETE returned at 10 s: inside a fault from 5 s to its
+        // recovery at 30 s, the ghost seen at 70 s counts; after one that
+        // recovered at 9 s, it does not.
+        let during = [fault(1, 5 * S, Some(8 * S), Some(30 * S))];
+        let before = [fault(1, 5 * S, Some(8 * S), Some(9 * S))];
+        assert_eq!(
+            absorbing_rule(&rules, &ghost(60_000, false), &during),
+            Some(0)
+        );
+        assert_eq!(absorbing_rule(&rules, &ghost(60_000, false), &before), None);
+        assert_eq!(absorbing_rule(&rules, &ghost(60_000, false), &[]), None);
+    }
+
+    #[test]
+    fn no_rule_absorbs_a_final_read_unless_it_says_so() {
+        let plain = [rule(Class::ListGhost, Bound::Ms(2_000))];
+        let final_too = [Tolerance {
+            final_reads: true,
+            ..rule(Class::ListGhost, Bound::Ms(2_000))
+        }];
+        let last = ghost(300, true);
+        assert!(last.final_read);
+        assert_eq!(absorbing_rule(&plain, &last, &[]), None);
+        assert_eq!(absorbing_rule(&final_too, &last, &[]), Some(0));
+        assert_eq!(absorbing_rule(&plain, &ghost(300, false), &[]), Some(0));
     }
 
     fn fault(id: u64, start: u64, end: Option<u64>, recovered: Option<u64>) -> FaultRecord {
