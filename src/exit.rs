@@ -60,5 +60,6 @@ pub fn for_cluster_error(e: &ClusterError) -> u8 {
         | ClusterError::NotRecovered(_)
         | ClusterError::Supervisor(_)
         | ClusterError::Io { .. } => INFRA,
+        ClusterError::WrongProbe(_) => FINDINGS,
     }
 }

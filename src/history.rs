@@ -119,16 +119,24 @@ pub enum Origin {
     Readback,
     /// Final verification after the last fault healed (oracle.md §7).
     Final,
+    /// A boot probe's write and read, recorded when it read back wrong data.
+    Probe,
 }
 
 impl Origin {
-    pub const ALL: [Origin; 3] = [Origin::Worker, Origin::Readback, Origin::Final];
+    pub const ALL: [Origin; 4] = [
+        Origin::Worker,
+        Origin::Readback,
+        Origin::Final,
+        Origin::Probe,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Origin::Worker => "worker",
             Origin::Readback => "readback",
             Origin::Final => "final",
+            Origin::Probe => "probe",
         }
     }
 

@@ -872,6 +872,131 @@ async fn the_workload_routes_around_a_silent_endpoint_and_probes_it() {
     drop_node_data(&run);
 }
 
+/// A proxy in front of node n1 for a store that hides each object for
+/// 1.5 s after its PUT: a GET or HEAD of it meanwhile is answered 404, the
+/// rest is forwarded. One request per connection (the runner's client
+/// keeps none open).
+async fn start_hiding_proxy(runs: PathBuf) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let written: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Arc::default();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let (runs, written) = (runs.clone(), written.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 8192];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match inbound.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let mut words = text.split_whitespace();
+                let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                let hidden = matches!(method, "GET" | "HEAD")
+                    && written
+                        .lock()
+                        .unwrap()
+                        .get(path)
+                        .is_some_and(|t| t.elapsed() < Duration::from_millis(1500));
+                if hidden {
+                    let body = "<Error><Code>NoSuchKey</Code></Error>";
+                    let answer = format!(
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                        body.len(),
+                        if method == "HEAD" { "" } else { body }
+                    );
+                    let _ = inbound.write_all(answer.as_bytes()).await;
+                    return;
+                }
+                if method == "PUT" {
+                    written
+                        .lock()
+                        .unwrap()
+                        .insert(path.to_string(), Instant::now());
+                }
+                let Some(port) = n1_s3_port(&runs) else {
+                    return;
+                };
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+                else {
+                    return;
+                };
+                if outbound.write_all(&head).await.is_err() {
+                    return;
+                }
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    tokio::io::copy_bidirectional(&mut inbound, &mut outbound),
+                )
+                .await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_boot_probe_that_reads_back_nothing_is_a_finding_in_the_ledger_not_a_boot_failure() {
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("hiding-store");
+    let proxy = start_hiding_proxy(runs.clone()).await;
+    let out = tokio::task::block_in_place(|| {
+        Command::new(BIN)
+            .args([
+                "soak",
+                "--duration",
+                "20s",
+                "--faults",
+                "none",
+                "--seed",
+                "17",
+            ])
+            .args([
+                "--s3-endpoint",
+                &proxy,
+                "--runs-dir",
+                runs.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("verdict: FAIL: 1 findings; also INFRASTRUCTURE FAILURE: booting stopped"),
+        "{stdout}"
+    );
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let findings = ledger.findings().unwrap();
+    assert_eq!(findings.len(), 1, "{findings:#?}");
+    let f = &findings[0];
+    assert_eq!(f.class, "lost-write");
+    assert!(f.key.as_deref().unwrap().starts_with("faultline-probe/"));
+    assert!(f.known.is_none());
+    // The witness names the probe's PUT, acknowledged before the GET.
+    let witness: serde_json::Value = serde_json::from_str(&f.witness).unwrap();
+    assert_eq!(witness["writes"][0]["outcome"], "ok");
+    assert_eq!(
+        ledger
+            .count("SELECT count(*) FROM ops WHERE origin = 'probe'")
+            .unwrap(),
+        2
+    );
+    let report = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(report.contains("lost-write"), "{report}");
+    // `verify` names the same finding from the ledger alone.
+    let v = faultline::run::verify(&run.join("ledger.sqlite")).unwrap();
+    assert_eq!(v.judged.violations.len(), 1);
+    assert!(v.agrees_with_online());
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
 fn n1_s3_port(runs: &Path) -> Option<u16> {
     let run = std::fs::read_dir(runs).ok()?.flatten().next()?.path();
     let state: serde_json::Value =

@@ -33,7 +33,9 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
+use crate::ledger::OpRecord;
 use crate::s3::{S3Client, S3Config, Timeouts as S3Timeouts};
+use crate::workload::body::Body;
 use profile::{Kind, PortBase, Profile, ProfileError};
 use supervisor::{ProcState, SpawnSpec, Supervisor, SupervisorError, describe_exit};
 
@@ -81,6 +83,10 @@ pub enum ClusterError {
     },
     #[error(transparent)]
     NotRecovered(#[from] GateFailure),
+    /// A boot probe wrote an object and read back something else: wrong
+    /// data, a finding, not a cluster that is not ready (oracle.md §7).
+    #[error("{0}")]
+    WrongProbe(Box<WrongProbe>),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
     #[error("{path}: {source}")]
@@ -196,6 +202,54 @@ pub struct Cluster {
     ctx: Ctx,
     flavor: Flavor,
     booted_in: Duration,
+    /// When boot began: the clock of a wrong probe's operations.
+    started: Instant,
+    /// Probes written so far: each writes the next generation of its key.
+    probes: AtomicU64,
+}
+
+/// A probe that wrote an object and then read back something else (404,
+/// other bytes): its PUT and GET as operations of the history, timed from
+/// the start of boot, for the run to record and judge like any other.
+#[derive(Debug, Clone)]
+pub struct WrongProbe {
+    pub run_dir: PathBuf,
+    /// The run's key prefix (the probe's key lies outside it).
+    pub prefix: String,
+    pub endpoint: String,
+    pub node: Option<String>,
+    pub seen: String,
+    pub ops: Vec<OpRecord>,
+}
+
+impl fmt::Display for WrongProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the S3 probe through {} ({}) wrote an object and read back {}",
+            self.endpoint,
+            self.node.as_deref().unwrap_or("not a node's own endpoint"),
+            self.seen
+        )
+    }
+}
+
+/// Why a probe did not pass.
+#[derive(Debug)]
+pub enum ProbeFailure {
+    /// No meaningful answer (refused, timed out, 5xx, not ready yet).
+    NoAnswer(String),
+    /// A wrong answer to a read of what it had just written.
+    Wrong(Box<WrongProbe>),
+}
+
+impl fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProbeFailure::NoAnswer(why) => f.write_str(why),
+            ProbeFailure::Wrong(w) => write!(f, "WRONG DATA: {w}"),
+        }
+    }
 }
 
 /// Secrets for one run, derived from the seed so a run can be re-created.
@@ -326,6 +380,8 @@ impl Cluster {
             ctx,
             flavor,
             booted_in: Duration::ZERO,
+            started,
+            probes: AtomicU64::new(0),
         };
         // On error, dropping `cluster` drops the supervisor, which kills
         // every process started so far.
@@ -806,8 +862,14 @@ impl Cluster {
             .map(|n| n.name.clone())
     }
 
-    /// Writes a small object through `endpoint` and reads it back.
-    pub async fn probe(&self, endpoint: &str) -> Result<(), String> {
+    /// Writes a small object through `endpoint` and reads it back. Its
+    /// body is the next generation of the probe's key, from the seed, so
+    /// a wrong answer is judged by the oracle like any read.
+    pub async fn probe(&self, endpoint: &str) -> Result<(), ProbeFailure> {
+        use crate::history::{OpKind, Outcome};
+        use crate::s3::{GENERATION_HEADER, Keep, Payload};
+        use reqwest::Method;
+        const PROBE_BYTES: u64 = 4096;
         let timeouts = S3Timeouts {
             connect: Duration::from_secs(2),
             first_byte: Duration::from_secs(5),
@@ -815,22 +877,74 @@ impl Cluster {
         };
         let client = self.s3.client(endpoint, timeouts);
         let key = format!("{PROBE_PREFIX}{}", sanitize(endpoint));
-        let body = format!("faultline probe {}", utc_now()).into_bytes();
-        client
-            .put_object(&key, body.clone())
+        let generation = 1 + self.probes.fetch_add(1, Ordering::Relaxed);
+        let body = Body::new(self.seed, &key, generation, PROBE_BYTES);
+        let sha = body.sha256();
+        let headers = [(GENERATION_HEADER, generation.to_string())];
+        let payload = Payload::Slice {
+            body: &body,
+            start: 0,
+            end: PROBE_BYTES,
+            sha256: Some(sha),
+        };
+        let put = client
+            .exchange(Method::PUT, Some(&key), &[], &headers, payload, Keep::All)
             .await
-            .map_err(|e| format!("PUT: {e}"))?;
-        let got = client
-            .get_object(&key)
+            .map_err(|f| ProbeFailure::NoAnswer(format!("PUT: {}", f.error)))?;
+        if !put.status.is_success() {
+            return Err(ProbeFailure::NoAnswer(format!(
+                "PUT: HTTP {}: {}",
+                put.status.as_u16(),
+                last_line(&String::from_utf8_lossy(&put.body))
+            )));
+        }
+        let get = client
+            .exchange(Method::GET, Some(&key), &[], &[], Payload::Empty, Keep::All)
             .await
-            .map_err(|e| format!("GET: {e}"))?;
-        if got.status.as_u16() == 404 {
-            return Err("probe object written but GET answered 404".into());
+            .map_err(|f| ProbeFailure::NoAnswer(format!("GET: {}", f.error)))?;
+        let text = String::from_utf8_lossy(&get.body);
+        let absent = get.status.as_u16() == 404 && !text.contains("NoSuchBucket");
+        let wrong = match () {
+            _ if absent => "404 (absent)".to_string(),
+            _ if !get.status.is_success() => {
+                return Err(ProbeFailure::NoAnswer(format!(
+                    "GET: HTTP {}: {}",
+                    get.status.as_u16(),
+                    last_line(&text)
+                )));
+            }
+            _ if get.sha256 == sha && get.body_len == PROBE_BYTES => return Ok(()),
+            _ => format!("{} other bytes", get.body_len),
+        };
+        let ns = |t: Instant| t.saturating_duration_since(self.started).as_nanos() as u64;
+        let mut w = OpRecord::new(OpKind::Put, Some(key.clone()), Outcome::Ok);
+        w.generation = Some(generation);
+        (w.size, w.bytes, w.sha256) = (Some(PROBE_BYTES), PROBE_BYTES, Some(sha));
+        (w.t_invoke_ns, w.t_return_ns) = (ns(put.t_invoke), ns(put.t_return));
+        w.http_status = Some(put.status.as_u16());
+        w.etag = put.etag();
+        let mut r = OpRecord::new(OpKind::Get, Some(key), Outcome::Ok);
+        (r.t_invoke_ns, r.t_return_ns) = (ns(get.t_invoke), ns(get.t_return));
+        r.http_status = Some(get.status.as_u16());
+        if !absent {
+            r.generation = get.generation();
+            (r.size, r.bytes, r.sha256) = (Some(get.body_len), get.body_len, Some(get.sha256));
+            r.detail = crate::workload::body::trace(&get.body, 0).map(|trace| {
+                serde_json::to_string(&crate::history::TraceDetail { trace })
+                    .expect("a trace serialises")
+            });
         }
-        if got.body != body {
-            return Err("probe object read back with other bytes".into());
+        for op in [&mut w, &mut r] {
+            op.origin = crate::history::Origin::Probe;
         }
-        Ok(())
+        Err(ProbeFailure::Wrong(Box::new(WrongProbe {
+            run_dir: self.ctx.run_dir.clone(),
+            prefix: self.run_prefix(),
+            endpoint: endpoint.to_string(),
+            node: self.node_by_endpoint(endpoint),
+            seen: wrong,
+            ops: vec![w, r],
+        })))
     }
 
     async fn probe_until_ready(&self, endpoint: &str) -> Result<(), ClusterError> {
@@ -838,7 +952,8 @@ impl Cluster {
         loop {
             let err = match self.probe(endpoint).await {
                 Ok(()) => return Ok(()),
-                Err(e) => e,
+                Err(ProbeFailure::Wrong(w)) => return Err(ClusterError::WrongProbe(w)),
+                Err(ProbeFailure::NoAnswer(e)) => e,
             };
             if Instant::now() >= deadline {
                 let node = self.node_by_endpoint(endpoint);
@@ -850,7 +965,7 @@ impl Cluster {
                 return Err(ClusterError::Step {
                     node: node.unwrap_or_else(|| endpoint.to_string()),
                     step: format!("S3 probe through {endpoint}"),
-                    detail: err.to_string(),
+                    detail: err,
                     log,
                 });
             }

@@ -277,8 +277,13 @@ struct Ended {
 pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
     let seed = cfg.boot.seed;
     crate::console::say(&format!("faultline: seed {seed}"));
-    let Some(mut cluster) = boot_unless_interrupted(&cfg.boot, interrupts).await? else {
-        return Ok(exit::INFRA);
+    let mut cluster = match boot_unless_interrupted(&cfg.boot, interrupts).await {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => return Ok(exit::INFRA),
+        Err(Error::Cluster(crate::cluster::ClusterError::WrongProbe(w))) => {
+            return record_wrong_probe(&cfg, &w);
+        }
+        Err(e) => return Err(e),
     };
     crate::console::say(&format!(
         "faultline: {} ready in {:.1} s; run directory {}",
@@ -337,6 +342,63 @@ pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Erro
     println!("run directory: {}", cluster.run_dir().display());
     println!("reproduce: {}", cfg.reproduce);
     Ok(code)
+}
+
+/// A boot probe read back wrong data: its write and read go into the
+/// run's ledger like any other operations, judged by the online check as
+/// usual; the run ends there with the finding (exit 1) and its reports.
+/// Booting stopped, so the cluster is gone already.
+fn record_wrong_probe(cfg: &RunConfig, w: &crate::cluster::WrongProbe) -> Result<u8, Error> {
+    crate::console::say(&format!("faultline: {w}"));
+    let ledger_path = w.run_dir.join("ledger.sqlite");
+    let oracle_meta = OracleMeta::for_workload(&cfg.profile.oracle, &cfg.profile.workload);
+    let (online, tap) = Online::start(
+        oracle_meta.run_info(cfg.boot.seed, w.prefix.clone(), true),
+        oracle_meta.tolerate.clone(),
+    );
+    let (ledger, writer) = Ledger::create(&ledger_path, None, Some(tap))?;
+    online.attach(ledger.clone());
+    let endpoints = [w.endpoint.clone()];
+    for (key, value) in run_meta(cfg, &cfg.profile, &w.prefix, &endpoints, &oracle_meta) {
+        ledger.send(Record::Meta {
+            key: key.into(),
+            value,
+        })?;
+    }
+    for op in &w.ops {
+        ledger.send(Record::Op(Box::new(op.clone())))?;
+    }
+    ledger.flush()?;
+    let judged = online.finish();
+    ledger.send(Record::Meta {
+        key: "finished_at".into(),
+        value: crate::cluster::utc_now(),
+    })?;
+    drop(ledger);
+    writer.finish()?;
+    let booting = format!("booting stopped: {w}");
+    let verdict = match judged.as_ref().map(|j| j.violations.len()) {
+        Some(n) if n > 0 => RunVerdict::Findings {
+            count: n as u64,
+            infrastructure: Some(booting),
+        },
+        _ => RunVerdict::Infrastructure { reason: booting },
+    };
+    crate::ledger::set_meta(
+        &ledger_path,
+        "verdict",
+        &serde_json::to_string(&verdict).expect("a verdict serialises"),
+    )?;
+    if let Some(j) = &judged {
+        print_findings(j, &oracle_meta.tolerate, 10);
+    }
+    if let Err(e) = crate::report::write_all(&w.run_dir) {
+        crate::console::say(&format!("faultline: the report could not be written: {e}"));
+    }
+    println!("verdict: {}", verdict.headline());
+    println!("run directory: {}", w.run_dir.display());
+    println!("reproduce: {}", cfg.reproduce);
+    Ok(verdict.exit_code())
 }
 
 fn print_selftest(st: &SelftestOutcome) {
@@ -415,6 +477,62 @@ async fn update_binary(cfg: &RunConfig) -> Result<Option<PathBuf>, Error> {
     Ok(Some(bin))
 }
 
+/// The facts `run_meta` records about a run.
+fn run_meta(
+    cfg: &RunConfig,
+    profile: &Profile,
+    prefix: &str,
+    endpoints: &[String],
+    oracle_meta: &OracleMeta,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("seed", cfg.boot.seed.to_string()),
+        ("profile", profile.name.clone()),
+        ("profile_path", cfg.boot.profile.display().to_string()),
+        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
+        (
+            "store_version",
+            profile
+                .garage
+                .as_ref()
+                .map(|g| g.version.clone())
+                .or_else(|| profile.binary.as_ref().map(|b| b.version.clone()))
+                .unwrap_or_default(),
+        ),
+        (
+            "command_line",
+            std::env::args().collect::<Vec<_>>().join(" "),
+        ),
+        ("reproduce", cfg.reproduce.clone()),
+        ("prefix", prefix.to_string()),
+        (
+            "endpoints",
+            serde_json::to_string(endpoints).unwrap_or_default(),
+        ),
+        (
+            "workload",
+            serde_json::to_string(&cfg.profile.workload).unwrap_or_default(),
+        ),
+        (
+            "oracle",
+            serde_json::to_string(oracle_meta).expect("oracle settings serialise"),
+        ),
+        (
+            "faults",
+            match cfg.faults {
+                FaultMode::Off => "off".to_string(),
+                mode => serde_json::json!({
+                    "mode": if mode == FaultMode::Gate { "gate" } else { "soak" },
+                    "settings": cfg.profile.faults,
+                })
+                .to_string(),
+            },
+        ),
+        ("started_at", crate::cluster::utc_now()),
+        ("duration_ms", cfg.duration.as_millis().to_string()),
+    ]
+}
+
 /// Everything between boot and shutdown; the cluster is torn down by the
 /// caller whatever this returns (at once on `Error::Interrupted`).
 async fn drive(
@@ -454,50 +572,13 @@ async fn drive(
     let (ledger, writer) = Ledger::create(&ledger_path, cfg.retention, Some(tap))?;
     online.attach(ledger.clone());
     let status = online.status.clone();
-    let meta = [
-        ("seed", seed.to_string()),
-        ("profile", cluster.profile.name.clone()),
-        ("profile_path", cfg.boot.profile.display().to_string()),
-        ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
-        (
-            "store_version",
-            cluster
-                .profile
-                .garage
-                .as_ref()
-                .map(|g| g.version.clone())
-                .or_else(|| cluster.profile.binary.as_ref().map(|b| b.version.clone()))
-                .unwrap_or_default(),
-        ),
-        (
-            "command_line",
-            std::env::args().collect::<Vec<_>>().join(" "),
-        ),
-        ("reproduce", cfg.reproduce.clone()),
-        ("prefix", prefix.clone()),
-        (
-            "endpoints",
-            serde_json::to_string(&cluster.s3.endpoints).unwrap_or_default(),
-        ),
-        ("workload", serde_json::to_string(&wl).unwrap_or_default()),
-        (
-            "oracle",
-            serde_json::to_string(&oracle_meta).expect("oracle settings serialise"),
-        ),
-        (
-            "faults",
-            match cfg.faults {
-                FaultMode::Off => "off".to_string(),
-                mode => serde_json::json!({
-                    "mode": if mode == FaultMode::Gate { "gate" } else { "soak" },
-                    "settings": cfg.profile.faults,
-                })
-                .to_string(),
-            },
-        ),
-        ("started_at", crate::cluster::utc_now()),
-        ("duration_ms", cfg.duration.as_millis().to_string()),
-    ];
+    let meta = run_meta(
+        cfg,
+        &cluster.profile,
+        &prefix,
+        &cluster.s3.endpoints,
+        &oracle_meta,
+    );
     for (key, value) in meta {
         ledger.send(Record::Meta {
             key: key.into(),
