@@ -1693,6 +1693,60 @@ fn a_gate_through_the_mutating_proxy_fails_with_the_witness_in_its_report() {
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
 }
 
+#[test]
+fn a_cluster_that_lost_data_ends_with_unrecoverable_findings_beside_the_infrastructure_failure() {
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("lost-data");
+    // Replication factor 1: a dead node's data is gone, its replacement
+    // can never sync the old layout version, and the gate never passes.
+    let profile = std::fs::read_to_string(repo("configs/garage-3.toml"))
+        .unwrap()
+        .replace("name = \"garage-3\"", "name = \"garage-rf1\"")
+        .replace("replication_factor = 3", "replication_factor = 1")
+        .replace("recovery_ms = 900000", "recovery_ms = 10000")
+        .replace("[s3]", "[workload]\nfinal_retry_ms = 10000\n\n[s3]");
+    let path = runs_dir("lost-data-profile").join("garage-rf1.toml");
+    std::fs::write(&path, profile).unwrap();
+    let out = Command::new(BIN)
+        .args(["gate", "--profile", path.to_str().unwrap(), "--seed", "5"])
+        .args(["--faults", "dead", "--fault-every", "10s", "--workers", "8"])
+        // Few writes: keys written before the fault stay unwritten after it.
+        .args(["--mix", "write=5,delete=1,get=30,head=30,range=20,list=15"])
+        .args(["--runs-dir", runs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("findings; also INFRASTRUCTURE FAILURE: after fault #1 dead on n3: cluster not recovered"),
+        "{stdout}"
+    );
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let lost: Vec<String> = ledger
+        .findings()
+        .unwrap()
+        .into_iter()
+        .filter(|f| f.class == "unrecoverable")
+        .filter_map(|f| f.key)
+        .collect();
+    assert!(!lost.is_empty(), "{stdout}");
+    for key in &lost {
+        // Retried through the other endpoints before it was called lost.
+        let attempts = ledger
+            .count(&format!(
+                "SELECT count(*) FROM ops WHERE origin = 'final' AND key = '{key}' AND outcome != 'ok'"
+            ))
+            .unwrap();
+        assert!(attempts >= 3, "{key}: {attempts} attempts");
+    }
+    let junit = std::fs::read_to_string(run.join("junit.xml")).unwrap();
+    assert!(junit.contains("unrecoverable on"), "{junit}");
+    assert!(junit.contains("infrastructure failure"), "{junit}");
+    drop_node_data(&run);
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
 /// Starts a gate of one long stop-start and waits (bounded) until the
 /// ledger shows the node stopped; returns the runner, the run directory
 /// and the stopped node's PID.
@@ -1879,16 +1933,17 @@ fn selftest_catches_and_names_every_injected_bug_and_passes_a_clean_run_under_fa
     for c in caught {
         assert_eq!(c["caught"], true, "{c}");
         assert!(c["detection_ms"].as_u64().unwrap() < 30_000, "{c}");
-        // The online check wrote the finding, with its witness, at once.
+        // The online check wrote the finding, with its witness, at once,
+        // and no tolerance absorbed it: it fails a run.
         let key = c["key"].as_str().unwrap();
         let class = c["expected"].as_str().unwrap();
         let recorded = ledger
             .count(&format!(
                 "SELECT count(*) FROM findings WHERE key = '{key}' AND class = '{class}'
-                 AND json_extract(witness, '$.read.op_id') = op_id"
+                 AND json_extract(witness, '$.read.op_id') = op_id AND known IS NULL"
             ))
             .unwrap();
-        assert!(recorded > 0, "no {class} finding recorded on {key}");
+        assert!(recorded > 0, "no failing {class} finding recorded on {key}");
     }
     assert_eq!(outcome["unexpected"], serde_json::json!([]));
     // The clean phase ran its three faults, each recovered.
@@ -1897,6 +1952,60 @@ fn selftest_catches_and_names_every_injected_bug_and_passes_a_clean_run_under_fa
     assert!(faults.iter().all(|f| f.5.is_some()), "{faults:?}");
     let v = faultline::run::verify(&run.join("ledger.sqlite")).unwrap();
     assert!(v.agrees_with_online());
+    drop_node_data(&run);
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
+
+#[test]
+fn selftest_fails_a_profile_whose_tolerance_would_absorb_a_planted_bug() {
+    use faultline::ledger::LedgerReader;
+    let runs = runs_dir("selftest-absorbing");
+    // The first rule tolerates a deleted key on LIST pages for good.
+    let profile = std::fs::read_to_string(repo("configs/garage-3.toml"))
+        .unwrap()
+        .replacen("within_ms = 10000", "within_ms = \"none\"", 1);
+    let path = runs_dir("selftest-absorbing-profile").join("absorbing.toml");
+    std::fs::write(&path, profile).unwrap();
+    let out = Command::new(BIN)
+        .args([
+            "selftest",
+            "--profile",
+            path.to_str().unwrap(),
+            "--seed",
+            "8",
+        ])
+        .args(["--faults", "none", "--runs-dir", runs.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("selftest: FAIL"), "{stdout}");
+    let run = only_run_dir(&runs);
+    let ledger = LedgerReader::open(&run.join("ledger.sqlite")).unwrap();
+    let outcome: serde_json::Value =
+        serde_json::from_str(&ledger.meta("selftest").unwrap().unwrap()).unwrap();
+    let caught = outcome["caught"].as_array().unwrap();
+    let ghost = caught
+        .iter()
+        .find(|c| c["mutation"] == "list-entry-added")
+        .unwrap();
+    assert_eq!(ghost["caught"], false, "{ghost}");
+    assert!(ghost["absorbed"].as_u64().unwrap() > 0, "{ghost}");
+    assert!(
+        ghost["detail"]
+            .as_str()
+            .unwrap()
+            .contains("absorbed by a tolerance of the profile"),
+        "{ghost}"
+    );
+    // The rest are caught as usual.
+    let others = caught
+        .iter()
+        .filter(|c| c["mutation"] != "list-entry-added");
+    assert!(others.clone().count() >= 9);
+    for c in others {
+        assert_eq!(c["caught"], true, "{c}");
+    }
     drop_node_data(&run);
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
 }

@@ -37,6 +37,10 @@ const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(40);
 const BUFFER_MAX: usize = 1 << 20;
 /// GET answers kept for replays at most (only while a replay is armed).
 const CACHED_MAX: usize = 64;
+/// How long a LIST lie lingers on every page that covers its key (until
+/// the key is written again): far past any bound a tolerance should
+/// have, so a profile whose rules would absorb it fails the self-test.
+const LINGER: Duration = Duration::from_secs(30);
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -58,14 +62,18 @@ pub enum Mutation {
     ShiftedRange,
     /// A LIST page with one present key left out.
     ListEntryDropped,
-    /// A LIST page with a deleted key added.
+    /// A deleted key added to LIST pages, on every page covering it for
+    /// `LINGER`.
     ListEntryAdded,
+    /// After an acknowledged overwrite, the key's older version (its size
+    /// and ETag) on LIST pages, on every page showing the key for `LINGER`.
+    ListOlderVersion,
     /// A HEAD answered with a Content-Length one too large.
     WrongHeadLength,
 }
 
 impl Mutation {
-    pub const ALL: [Mutation; 9] = [
+    pub const ALL: [Mutation; 10] = [
         Mutation::UnstoredPut,
         Mutation::UnappliedDelete,
         Mutation::OlderGeneration,
@@ -74,6 +82,7 @@ impl Mutation {
         Mutation::ShiftedRange,
         Mutation::ListEntryDropped,
         Mutation::ListEntryAdded,
+        Mutation::ListOlderVersion,
         Mutation::WrongHeadLength,
     ];
 
@@ -91,6 +100,7 @@ impl Mutation {
             Mutation::ShiftedRange => "shifted-range",
             Mutation::ListEntryDropped => "list-entry-dropped",
             Mutation::ListEntryAdded => "list-entry-added",
+            Mutation::ListOlderVersion => "list-older-version",
             Mutation::WrongHeadLength => "wrong-head-length",
         }
     }
@@ -105,7 +115,7 @@ impl Mutation {
             Mutation::OtherKeysBody => Class::Misdirected,
             Mutation::ListEntryDropped => Class::ListMissing,
             Mutation::ListEntryAdded => Class::ListGhost,
-            Mutation::WrongHeadLength => Class::MetadataMismatch,
+            Mutation::ListOlderVersion | Mutation::WrongHeadLength => Class::MetadataMismatch,
         }
     }
 }
@@ -132,6 +142,13 @@ struct KeyTrack {
     cached: Option<(StatusCode, HeaderMap, Bytes)>,
     /// An acknowledged PUT was answered after `cached` was taken.
     overwritten_since_cached: bool,
+    /// The key's entry (size, ETag) on the last LIST page that showed it.
+    listed: Option<(u64, String)>,
+    /// The entry listed before the last acknowledged overwrite, while it
+    /// differs from what is listed now.
+    superseded: Option<(u64, String)>,
+    /// A write of the key got no clear answer: its value is uncertain.
+    uncertain: bool,
 }
 
 impl KeyTrack {
@@ -147,6 +164,18 @@ struct State {
     armed: Option<Mutation>,
     keys: HashMap<String, KeyTrack>,
     injections: Vec<Injection>,
+    /// LIST lies still told on every page covering their key.
+    lingering: Vec<Linger>,
+}
+
+/// A LIST lie that lasts: the key, until when, and the entry it shows
+/// (a copy of a neighbour's for a ghost; the older version otherwise).
+#[derive(Debug, Clone)]
+struct Linger {
+    mutation: Mutation,
+    key: String,
+    until: Instant,
+    entry: Option<(u64, String)>,
 }
 
 /// Shared by every proxy listener of a run.
@@ -187,6 +216,16 @@ impl Mutator {
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps telling LIST lie `m` about `key` for `LINGER`.
+    fn linger(&self, m: Mutation, key: &str, entry: Option<(u64, String)>) {
+        self.lock().lingering.push(Linger {
+            mutation: m,
+            key: key.to_string(),
+            until: Instant::now() + LINGER,
+            entry,
+        });
     }
 
     /// Claims the armed mutation `m` for `key`, recording the injection.
@@ -417,7 +456,10 @@ async fn handle(
     }
     let is_write = matches!(op, Op::Put { .. } | Op::CompleteMultipart | Op::Delete);
     if let (true, Some(k)) = (is_write, &key) {
-        mutator.lock().keys.entry(k.clone()).or_default().in_flight += 1;
+        let mut s = mutator.lock();
+        s.keys.entry(k.clone()).or_default().in_flight += 1;
+        // A new write ends the lies told of the key's LIST entry.
+        s.lingering.retain(|l| l.key != *k);
     }
     // Replays instead of forwarding a read.
     if let (Some(k), Op::Get { ranged: false, .. }) = (&key, &op) {
@@ -463,6 +505,7 @@ async fn handle(
                 let t = s.keys.entry(k.clone()).or_default();
                 t.in_flight -= 1;
                 t.last = Some((op == Op::Delete, false, Instant::now()));
+                t.uncertain = true;
             }
             return Ok(answer(StatusCode::BAD_GATEWAY, &[], format!("proxy: {e}")));
         }
@@ -475,6 +518,17 @@ async fn handle(
         t.last = Some((op == Op::Delete, status.is_success(), Instant::now()));
         if op != Op::Delete && status.is_success() && t.cached.is_some() {
             t.overwritten_since_cached = true;
+        }
+        // 5xx, 408 and 429 leave the write's effect uncertain.
+        t.uncertain |= !status.is_success() && !status.is_client_error()
+            || matches!(status.as_u16(), 408 | 429);
+        if status.is_success() {
+            // The entry listed before an overwrite is an older version.
+            t.superseded = match op {
+                Op::Delete => None,
+                _ => t.listed.take(),
+            };
+            t.listed = None;
         }
     }
     match (&op, key) {
@@ -504,15 +558,7 @@ async fn handle(
             }
             Ok(resp.map(|b| b.boxed()))
         }
-        (Op::List, _)
-            if status == StatusCode::OK
-                && matches!(
-                    armed,
-                    Some(Mutation::ListEntryDropped | Mutation::ListEntryAdded)
-                ) =>
-        {
-            mutate_list(resp, &mutator).await
-        }
+        (Op::List, _) if status == StatusCode::OK => mutate_list(resp, &mutator).await,
         _ => Ok(resp.map(|b| b.boxed())),
     }
 }
@@ -618,61 +664,116 @@ async fn mutate_get(
     Ok(Response::from_parts(parts, full(bytes)))
 }
 
-/// A LIST page's answer with one present key dropped or one deleted key
-/// added, when a suitable key is on (or within) the page.
+/// A LIST page's answer: its entries followed (what each key is listed
+/// with), then, when armed, one present key dropped, one deleted key
+/// added or one overwritten key shown with its older version, and the
+/// lies still lingering told again on every page they concern.
 async fn mutate_list(
     resp: Response<Incoming>,
     mutator: &Mutator,
 ) -> Result<Response<Body>, hyper::Error> {
     let (mut parts, body) = resp.into_parts();
     let bytes = body.collect().await?.to_bytes();
-    let text = String::from_utf8_lossy(&bytes).into_owned();
-    let page = crate::s3::S3Client::parse_list(&bytes).ok();
-    let mutated = page.and_then(|page| {
-        let keys: Vec<&str> = page.contents.iter().map(|e| e.key.as_str()).collect();
-        let (first, last) = (*keys.first()?, *keys.last()?);
-        let s = mutator.lock();
-        match s.armed? {
-            Mutation::ListEntryDropped => {
-                // Not the last entry of the page: that one bounds what a
-                // truncated page covers.
-                let victim = keys[..keys.len() - 1]
-                    .iter()
-                    .find(|k| s.keys.get(**k).is_some_and(|t| t.settled(false)))?
-                    .to_string();
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    parts.headers.remove(CONTENT_LENGTH);
+    let Ok(page) = crate::s3::S3Client::parse_list(&bytes) else {
+        return Ok(Response::from_parts(parts, full(text)));
+    };
+    let keys: Vec<&str> = page.contents.iter().map(|e| e.key.as_str()).collect();
+    let (Some(&first), Some(&last)) = (keys.first(), keys.last()) else {
+        return Ok(Response::from_parts(parts, full(text)));
+    };
+    let mut s = mutator.lock();
+    for e in &page.contents {
+        let t = s.keys.entry(e.key.clone()).or_default();
+        let entry = (e.size, e.etag.clone().unwrap_or_default());
+        if t.superseded.as_ref() == Some(&entry) {
+            t.superseded = None;
+        }
+        t.listed = Some(entry);
+    }
+    let now = Instant::now();
+    match s.armed {
+        Some(Mutation::ListEntryDropped) => {
+            // Not the last entry of the page: that one bounds what a
+            // truncated page covers.
+            let victim = keys[..keys.len() - 1]
+                .iter()
+                .find(|k| s.keys.get(**k).is_some_and(|t| t.settled(false)))
+                .map(|k| k.to_string());
+            if let Some(victim) = victim
+                && let Some(out) = remove_entry(&text, &victim)
+            {
                 drop(s);
-                let out = remove_entry(&text, &victim)?;
-                mutator
-                    .inject(
-                        Mutation::ListEntryDropped,
-                        &victim,
-                        "left out of a LIST page".into(),
-                    )
-                    .then_some(out)
+                if mutator.inject(
+                    Mutation::ListEntryDropped,
+                    &victim,
+                    "left out of a LIST page".into(),
+                ) {
+                    text = out;
+                }
+                s = mutator.lock();
             }
-            Mutation::ListEntryAdded => {
-                let ghost = s
-                    .keys
-                    .iter()
-                    .filter(|(k, t)| k.as_str() > first && k.as_str() < last && t.settled(true))
-                    .map(|(k, _)| k.clone())
-                    .next()?;
+        }
+        Some(Mutation::ListEntryAdded) => {
+            let ghost = s
+                .keys
+                .iter()
+                .find(|(k, t)| k.as_str() > first && k.as_str() < last && t.settled(true))
+                .map(|(k, _)| k.clone());
+            if let Some(ghost) = ghost {
                 drop(s);
-                let out = add_entry(&text, &keys, &ghost)?;
-                mutator
-                    .inject(
-                        Mutation::ListEntryAdded,
-                        &ghost,
-                        "added to a LIST page".into(),
-                    )
-                    .then_some(out)
+                let detail = format!(
+                    "added to every LIST page covering it for {} s",
+                    LINGER.as_secs()
+                );
+                if mutator.inject(Mutation::ListEntryAdded, &ghost, detail) {
+                    mutator.linger(Mutation::ListEntryAdded, &ghost, None);
+                }
+                s = mutator.lock();
+            }
+        }
+        Some(Mutation::ListOlderVersion) => {
+            let older = keys.iter().find_map(|k| {
+                let t = s.keys.get(*k)?;
+                let old = t.superseded.clone()?;
+                (t.settled(false) && !t.uncertain && t.listed.as_ref() != Some(&old))
+                    .then(|| (k.to_string(), old))
+            });
+            if let Some((key, old)) = older {
+                drop(s);
+                let detail = format!(
+                    "listed with its older version ({} bytes, ETag {}) on every LIST page showing it for {} s",
+                    old.0,
+                    old.1,
+                    LINGER.as_secs()
+                );
+                if mutator.inject(Mutation::ListOlderVersion, &key, detail) {
+                    mutator.linger(Mutation::ListOlderVersion, &key, Some(old));
+                }
+                s = mutator.lock();
+            }
+        }
+        _ => {}
+    }
+    s.lingering.retain(|l| l.until > now);
+    for l in &s.lingering {
+        let changed = match (l.mutation, &l.entry) {
+            (Mutation::ListEntryAdded, _)
+                if l.key.as_str() > first && l.key.as_str() < last && !keys.contains(&&*l.key) =>
+            {
+                add_entry(&text, &keys, &l.key)
+            }
+            (Mutation::ListOlderVersion, Some((size, etag))) if keys.contains(&&*l.key) => {
+                set_entry(&text, &l.key, *size, etag)
             }
             _ => None,
+        };
+        if let Some(out) = changed {
+            text = out;
         }
-    });
-    let body = mutated.unwrap_or(text);
-    parts.headers.remove(CONTENT_LENGTH);
-    Ok(Response::from_parts(parts, full(body)))
+    }
+    Ok(Response::from_parts(parts, full(text)))
 }
 
 /// The `<Contents>` element of `key` in a ListObjectsV2 document, as a
@@ -682,6 +783,26 @@ fn entry_span(xml: &str, key: &str) -> Option<(usize, usize)> {
     let start = xml[..at].rfind("<Contents>")?;
     let end = at + xml[at..].find("</Contents>")? + "</Contents>".len();
     Some((start, end))
+}
+
+/// `key`'s entry with another size and ETag.
+fn set_entry(xml: &str, key: &str, size: u64, etag: &str) -> Option<String> {
+    let (a, b) = entry_span(xml, key)?;
+    let mut entry = xml[a..b].to_string();
+    for (tag, value) in [
+        ("Size", size.to_string()),
+        ("ETag", quick_xml::escape::escape(etag).into_owned()),
+    ] {
+        let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+        // A store that lists no ETag gets only the size changed.
+        let Some(at) = entry.find(&open) else {
+            continue;
+        };
+        let from = at + open.len();
+        let to = from + entry[from..].find(&close)?;
+        entry.replace_range(from..to, &value);
+    }
+    Some(format!("{}{entry}{}", &xml[..a], &xml[b..]))
 }
 
 fn remove_entry(xml: &str, key: &str) -> Option<String> {
@@ -719,14 +840,23 @@ mod tests {
         let keys: Vec<&str> = page.contents.iter().map(|e| e.key.as_str()).collect();
         assert_eq!(keys, vec!["p/a", "p/b", "p/c"]);
         assert_eq!(remove_entry(PAGE, "p/zz"), None);
+        let with_etag = PAGE.replace(
+            "<Size>3</Size>",
+            "<Size>3</Size><ETag>&quot;e3&quot;</ETag>",
+        );
+        let older = set_entry(&with_etag, "p/c", 7, "\"e1\"").unwrap();
+        let page = crate::s3::S3Client::parse_list(older.as_bytes()).unwrap();
+        assert_eq!(page.contents[1].size, 7);
+        assert_eq!(page.contents[1].etag.as_deref(), Some("\"e1\""));
+        assert_eq!(page.contents[0].size, 1);
     }
 
     #[test]
-    fn every_mutation_names_a_distinct_expectation_but_the_two_corruptions() {
+    fn every_mutation_names_a_distinct_expectation_but_two_corruptions_and_two_mismatches() {
         let mut classes: Vec<Class> = Mutation::ALL.iter().map(|m| m.expected()).collect();
         classes.sort();
         classes.dedup();
-        assert_eq!(classes.len(), Mutation::ALL.len() - 1);
+        assert_eq!(classes.len(), Mutation::ALL.len() - 2);
         assert_eq!(percent_decode("run%2Fa%20b"), "run/a b");
         assert_eq!(window("bytes=3-9"), Some((3, 9)));
         assert_eq!(window("bytes=-9"), None);
