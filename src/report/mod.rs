@@ -597,6 +597,26 @@ impl Report {
                 failure: Some(("infrastructure failure".into(), reason.clone())),
             });
         }
+        // What each tolerance absorbed, so a CI page shows it too.
+        for r in self.absorbed.iter().filter(|r| r.findings > 0) {
+            let mut name = format!(
+                "rule {} {} ({}): {} absorbed, the latest {} after its deciding write",
+                r.rule,
+                r.class,
+                r.bounds,
+                r.findings,
+                r.latest_text()
+            );
+            if r.final_reads > 0 {
+                name += &format!(", {} IN THE FINAL VERIFICATION", r.final_reads);
+            }
+            cases.push(Case {
+                class: "known-deviations",
+                name,
+                time_s: 0.0,
+                failure: None,
+            });
+        }
         for f in &self.faults {
             cases.push(Case {
                 class: "faults",

@@ -183,7 +183,11 @@ fn the_html_report_has_every_section_and_three_plots() {
 fn junit_fails_correctness_and_passes_the_recovered_fault() {
     let xml = report().junit();
     assert!(
-        xml.contains(r#"<testsuites name="faultline" tests="3" failures="1">"#),
+        xml.contains(r#"<testsuites name="faultline" tests="4" failures="1">"#),
+        "{xml}"
+    );
+    assert!(
+        xml.contains(r#"<testcase classname="faultline.known-deviations" name="rule #1 list-ghost (within 2.0 s): 1 absorbed, the latest 300 ms after its deciding write" time="0.000"/>"#),
         "{xml}"
     );
     assert!(
