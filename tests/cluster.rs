@@ -1595,8 +1595,17 @@ fn assert_postmortem_works(run: &Path, runs: &Path, faults: &[FaultRow]) {
     let html = std::fs::read_to_string(run.join("report.html")).unwrap();
     assert_eq!(html.matches("<svg").count(), 3);
     let junit = std::fs::read_to_string(run.join("junit.xml")).unwrap();
+    // Correctness, coverage, one case per fault, and one per tolerance rule
+    // that absorbed anything (how many did depends on the run).
+    let cases = junit.matches("<testcase ").count();
+    let rules = junit
+        .matches(r#"classname="faultline.known-deviations""#)
+        .count();
+    assert_eq!(cases, 2 + faults.len() + rules, "{junit}");
     assert!(
-        junit.contains(r#"<testsuites name="faultline" tests="9" failures="0">"#),
+        junit.contains(&format!(
+            r#"<testsuites name="faultline" tests="{cases}" failures="0">"#
+        )),
         "{junit}"
     );
     let jsonl = std::fs::read_to_string(run.join("runner.log.jsonl")).unwrap();

@@ -85,6 +85,12 @@ impl Judged {
         faults: &[FaultRecord],
     ) -> Option<usize> {
         let rule = absorbing_rule(rules, &f, faults);
+        self.add(f, rule);
+        rule
+    }
+
+    /// Keeps a finding that `rule` absorbed, or a violation.
+    fn add(&mut self, f: Finding, rule: Option<usize>) {
         match rule {
             None => self.violations.push(f),
             Some(r) => {
@@ -97,7 +103,6 @@ impl Judged {
                 }
             }
         }
-        rule
     }
 
     /// Known deviations, over every rule.
@@ -376,7 +381,7 @@ fn check_loop(
                 let record = finding_record(&f, faults, rule.map(|r| (r, &tolerate[r])));
                 let _ = l.send(Record::Finding(Box::new(record)));
             }
-            judged.take(tolerate, f, faults);
+            judged.add(f, rule);
         }
     };
     'receiving: while let Ok(items) = rx.recv() {
