@@ -17,35 +17,13 @@ use std::time::{Duration, Instant};
 use crate::cluster::{BootOptions, Cluster};
 use crate::exit::{self, Error};
 use crate::ledger::{Ledger, LedgerWriter, Record};
+use crate::online::Online;
 use crate::oracle::{Oracle, synth};
-use crate::run::online::Online;
-use crate::run::{Interrupts, OracleMeta, boot_unless_interrupted, peak_rss_bytes};
+use crate::run::{Interrupts, OracleMeta, boot_unless_interrupted};
+use crate::sys::{cpu_time, peak_rss_bytes};
 use crate::workload::{Workload, WorkloadConfig};
 
 const MIB: f64 = (1 << 20) as f64;
-
-/// User plus system CPU this process has used (its own threads, not its
-/// children: the nodes are separate processes).
-pub fn cpu_time() -> Duration {
-    rusage_cpu(nix::sys::resource::UsageWho::RUSAGE_SELF)
-}
-
-/// User plus system CPU the calling thread has used.
-pub fn thread_cpu_time() -> Duration {
-    rusage_cpu(nix::sys::resource::UsageWho::RUSAGE_THREAD)
-}
-
-fn rusage_cpu(who: nix::sys::resource::UsageWho) -> Duration {
-    match nix::sys::resource::getrusage(who) {
-        Ok(u) => {
-            let tv = |t: nix::sys::time::TimeVal| {
-                Duration::new(t.tv_sec() as u64, t.tv_usec() as u32 * 1000)
-            };
-            tv(u.user_time()) + tv(u.system_time())
-        }
-        Err(_) => Duration::ZERO,
-    }
-}
 
 fn per_s(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64().max(1e-9)
@@ -62,7 +40,7 @@ pub fn oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
     // The history is generated a chunk at a time and only the checker's
     // work on each chunk is timed: generating it interleaved with the
     // check would bill the check for the generator's cache misses.
-    let rss_before = crate::run::rss_bytes().unwrap_or(0);
+    let rss_before = crate::sys::rss_bytes().unwrap_or(0);
     let (info, mut stream) = synth::stream(seed, keys);
     let mut oracle = Oracle::new(info);
     let mut chunk = Vec::with_capacity(ORACLE_CHUNK);
@@ -75,7 +53,7 @@ pub fn oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
         generation += started.elapsed();
         left -= chunk.len();
         if buffer_bytes == 0 {
-            buffer_bytes = crate::run::rss_bytes()
+            buffer_bytes = crate::sys::rss_bytes()
                 .unwrap_or(0)
                 .saturating_sub(rss_before);
         }
@@ -105,11 +83,7 @@ pub fn oracle(ops: usize, keys: usize, seed: u64) -> Result<u8, Error> {
         peak_rss_bytes() as f64 / MIB,
         buffer_bytes as f64 / MIB
     );
-    Ok(if verdict.findings.is_empty() {
-        exit::PASS
-    } else {
-        exit::FINDINGS
-    })
+    Ok(crate::verdict::benchmark(verdict.findings.len() as u64))
 }
 
 /// Commits `ops` generated operations to a new ledger at `path`; the
@@ -195,7 +169,7 @@ fn send_check_meta(
 fn send_finished(ledger: &Ledger) -> Result<(), Error> {
     Ok(ledger.send(Record::Meta {
         key: "finished_at".into(),
-        value: crate::cluster::utc_now(),
+        value: crate::sys::utc_now(),
     })?)
 }
 
@@ -361,9 +335,8 @@ pub async fn runner(
         println!(
             "the oracle found {findings} violations during the benchmark (see the bench ledgers)"
         );
-        return Ok(exit::FINDINGS);
     }
-    Ok(exit::PASS)
+    Ok(crate::verdict::benchmark(findings))
 }
 
 /// A full phase against the mean of the raw phases before and after it.

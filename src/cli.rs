@@ -10,6 +10,7 @@ use crate::cluster::profile::Profile;
 use crate::cluster::{BootOptions, Cluster, ClusterError, provision};
 use crate::exit::{self, Error};
 use crate::run::{self, Interrupts, RunConfig, boot_unless_interrupted};
+use crate::verdict::RunVerdict;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -680,7 +681,7 @@ async fn soak(args: SoakArgs) -> Result<u8, Error> {
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
         selftest: false,
-        thresholds: run::Thresholds::default(),
+        thresholds: crate::verdict::Thresholds::default(),
         junit: None,
         inject: None,
     };
@@ -726,7 +727,7 @@ async fn gate(args: GateArgs) -> Result<u8, Error> {
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
         selftest: false,
-        thresholds: run::Thresholds {
+        thresholds: crate::verdict::Thresholds {
             max_recovery_ms: args.max_recovery.map(|d| d.as_millis() as u64),
             min_availability: args.min_availability,
         },
@@ -767,7 +768,7 @@ async fn selftest(mut args: SelftestArgs) -> Result<u8, Error> {
         progress_every: Duration::from_secs(args.progress_every_s.max(1)),
         reproduce,
         selftest: true,
-        thresholds: run::Thresholds::default(),
+        thresholds: crate::verdict::Thresholds::default(),
         junit: None,
         inject: None,
     };
@@ -785,7 +786,8 @@ fn report(args: RunArg) -> Result<u8, Error> {
 }
 
 fn query(args: QueryArgs) -> Result<u8, Error> {
-    use crate::report::postmortem::{Format, PRESETS, query};
+    use crate::ledger::query::PRESETS;
+    use crate::report::postmortem::{Format, query};
     let ledger = crate::ledger::LedgerReader::open(&run::ledger_path(&args.run)?)?;
     let sql = match (&args.sql, args.preset) {
         (Some(sql), _) => sql.clone(),
@@ -849,21 +851,16 @@ fn verify(args: VerifyArgs) -> Result<u8, Error> {
             c.reads_unknown
         );
     }
-    let failing = v.judged.violations.len();
-    if failing > 0 {
-        println!("verdict: FAIL ({failing} findings)");
-        return Ok(exit::FINDINGS);
+    let verdict = crate::verdict::offline(&v.judged, c, v.info.complete);
+    match &verdict {
+        RunVerdict::Findings { count, .. } => println!("verdict: FAIL ({count} findings)"),
+        RunVerdict::Pass => println!("verdict: pass (no findings)"),
+        RunVerdict::CoverageGap { gaps } => println!("verdict: unknown ({})", gaps.join("; ")),
+        RunVerdict::Unknown { reason } | RunVerdict::Infrastructure { reason } => {
+            println!("verdict: unknown ({reason})")
+        }
     }
-    if c.reads_checked == 0 {
-        println!("verdict: unknown (no read was checked)");
-        return Ok(exit::COVERAGE_GAP);
-    }
-    if !v.info.complete {
-        println!("verdict: unknown (no findings, but the run was cut short)");
-        return Ok(exit::COVERAGE_GAP);
-    }
-    println!("verdict: pass (no findings)");
-    Ok(exit::PASS)
+    Ok(verdict.exit_code())
 }
 
 async fn bench_runner(args: BenchRunnerArgs) -> Result<u8, Error> {

@@ -26,7 +26,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::history::ErrorClass;
-use crate::workload::body::Body;
+use crate::history::body::{Body, slice_sha256};
 
 /// User metadata header carrying an object's generation.
 pub const GENERATION_HEADER: &str = "x-amz-meta-faultline-generation";
@@ -592,15 +592,6 @@ fn slices(start: u64, end: u64, chunk: u64) -> impl Iterator<Item = (u64, u64)> 
     (start..end)
         .step_by(chunk as usize)
         .map(move |s| (s, (s + chunk).min(end)))
-}
-
-/// sha256 of `body[start..end)`, computed piecewise.
-pub fn slice_sha256(body: &Body, start: u64, end: u64) -> [u8; 32] {
-    let mut h = Sha256::new();
-    for (s, e) in slices(start, end, UPLOAD_CHUNK_BYTES as u64) {
-        h.update(body.slice(s, e));
-    }
-    h.finalize().into()
 }
 
 fn success(resp: Response) -> Result<Response, S3Error> {

@@ -1058,7 +1058,7 @@ async fn garage5_boots_five_nodes_with_three_replicas() {
 /// reads and LIST pages checked to mean something.
 ///
 /// Returns the verdict for further checks.
-fn verify_matches_online_check(ledger_path: &Path) -> faultline::run::online::Judged {
+fn verify_matches_online_check(ledger_path: &Path) -> faultline::online::Judged {
     let v = faultline::run::verify(ledger_path).unwrap();
     assert!(
         v.judged.violations.is_empty(),
@@ -1290,7 +1290,7 @@ fn soak_records_every_op_kind_and_every_worker_in_the_ledger() {
         .unwrap()
         .map(Result::unwrap)
         .filter(|(key, g, size, sha)| {
-            faultline::workload::body::Body::new(5, key, *g as u64, *size as u64)
+            faultline::history::body::Body::new(5, key, *g as u64, *size as u64)
                 .sha256()
                 .to_vec()
                 != *sha

@@ -33,9 +33,10 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use serde::Serialize;
 
-use crate::ledger::OpRecord;
+use crate::history::OpRecord;
+use crate::history::body::Body;
 use crate::s3::{S3Client, S3Config, Timeouts as S3Timeouts};
-use crate::workload::body::Body;
+use crate::sys::utc_now;
 use profile::{Kind, PortBase, Profile, ProfileError};
 use supervisor::{ProcState, SpawnSpec, Supervisor, SupervisorError, describe_exit};
 
@@ -929,7 +930,7 @@ impl Cluster {
         if !absent {
             r.generation = get.generation();
             (r.size, r.bytes, r.sha256) = (Some(get.body_len), get.body_len, Some(get.sha256));
-            r.detail = crate::workload::body::trace(&get.body, 0).map(|trace| {
+            r.detail = crate::history::body::trace(&get.body, 0).map(|trace| {
                 serde_json::to_string(&crate::history::TraceDetail { trace })
                     .expect("a trace serialises")
             });
@@ -1436,12 +1437,6 @@ fn write_credentials(path: &Path, key_id: &str, secret: &str) -> Result<(), Clus
         "[faultline]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret}"
     )
     .map_err(io_err(path))
-}
-
-pub fn utc_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .expect("RFC 3339 always formats")
 }
 
 fn sanitize(s: &str) -> String {

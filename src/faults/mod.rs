@@ -23,8 +23,9 @@ use tokio::sync::watch;
 
 use crate::cluster::supervisor::ProcState;
 use crate::cluster::{Cluster, ClusterError, GateFailure};
-use crate::ledger::{FaultRecord, Ledger, Record};
-use crate::workload::plan::substream;
+use crate::history::FaultRecord;
+use crate::history::seed::substream;
+use crate::ledger::{Ledger, Record};
 
 /// The process faults of the design card.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

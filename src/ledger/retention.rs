@@ -312,8 +312,9 @@ fn summarize_doomed(tx: &Transaction<'_>) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::history::{FaultRecord, FindingRecord, OpRecord};
     use crate::history::{OpKind, Outcome};
-    use crate::ledger::{FaultRecord, FindingRecord, Ledger, LedgerReader, OpRecord, Record};
+    use crate::ledger::{Ledger, LedgerReader, Record};
     use rand::Rng;
 
     const S: u64 = 1_000_000_000;
@@ -341,7 +342,7 @@ mod tests {
     /// keys, a fault window at 40-52 s, a finding at 80 s and a known
     /// deviation at 20 s.
     fn history() -> Vec<OpRecord> {
-        let mut rng = crate::workload::plan::substream(1, "retention-test", 0);
+        let mut rng = crate::history::seed::substream(1, "retention-test", 0);
         let mut ops = Vec::new();
         let mut id = 0;
         let mut generation = [0u64; 5];
@@ -564,9 +565,8 @@ mod tests {
         // The fault's coverage is what the full history gives.
         let full = path.with_file_name("full.sqlite");
         write_ledger(&full, None, false);
-        let coverage = |p: &std::path::Path| {
-            crate::run::coverage::fault_coverage(&LedgerReader::open(p).unwrap()).unwrap()
-        };
+        let coverage =
+            |p: &std::path::Path| LedgerReader::open(p).unwrap().fault_coverage().unwrap();
         let (pruned, unpruned) = (coverage(path), coverage(&full));
         assert!(
             unpruned

@@ -46,10 +46,10 @@ use compact_str::CompactString;
 use hashbrown::HashMap;
 use serde::{Deserialize, Serialize};
 
+use crate::history::OpRecord;
+use crate::history::body::slice_sha256;
+use crate::history::body::{Body, key_tag, run_tag};
 use crate::history::{OpKind, Origin, Outcome, TraceDetail};
-use crate::ledger::OpRecord;
-use crate::s3::slice_sha256;
-use crate::workload::body::{Body, key_tag, run_tag};
 
 mod page;
 pub mod synth;

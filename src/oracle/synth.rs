@@ -9,10 +9,10 @@
 
 use rand::Rng;
 
+use crate::history::OpRecord;
+use crate::history::body::Body;
+use crate::history::seed::substream;
 use crate::history::{ListDetail, OpKind, Outcome};
-use crate::ledger::OpRecord;
-use crate::workload::body::Body;
-use crate::workload::plan::substream;
 
 use super::RunInfo;
 
@@ -113,7 +113,7 @@ pub fn stream(seed: u64, keys: usize) -> (RunInfo, impl Iterator<Item = OpRecord
                 op.range = Some((first, last));
                 op.generation = Some(g);
                 op.size = Some(size);
-                op.sha256 = Some(crate::s3::slice_sha256(
+                op.sha256 = Some(crate::history::body::slice_sha256(
                     &Body::new(seed, &names[k], g, size),
                     first,
                     last + 1,

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::history::ListDetail;
-use crate::ledger::OpRecord;
+use crate::history::OpRecord;
 
 const SEED: u64 = 99;
 const PREFIX: &str = "run/";
@@ -225,7 +225,7 @@ impl H {
 }
 
 fn trace_json(bytes: &[u8]) -> Option<String> {
-    let trace = crate::workload::body::trace(bytes, 0)?;
+    let trace = crate::history::body::trace(bytes, 0)?;
     Some(serde_json::to_string(&TraceDetail { trace }).unwrap())
 }
 
@@ -798,7 +798,7 @@ fn an_incomplete_ledger_does_not_call_an_unrecorded_in_flight_write_a_phantom() 
 /// histories satisfy the contract, so the oracle must find nothing.
 fn correct_history(case: u64) -> H {
     use rand::Rng;
-    let mut rng = crate::workload::plan::substream(case, "oracle-property", 0);
+    let mut rng = crate::history::seed::substream(case, "oracle-property", 0);
     let keys = ["a", "b", "c", "d"];
     // (key, apply time, generation, size or None for a delete)
     let mut applied: Vec<(usize, u64, u64, Option<u64>)> = Vec::new();

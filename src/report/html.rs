@@ -6,7 +6,8 @@ use std::fmt::Write as _;
 
 use plotters::prelude::*;
 
-use super::{Point, Report, secs};
+use super::{Report, secs};
+use crate::ledger::query::Point;
 
 /// A line of a time plot: its name, what it shows of a point, its colour.
 type Line = (&'static str, fn(&Point) -> f64, RGBColor);
@@ -44,7 +45,7 @@ pub fn render(r: &Report) -> String {
         esc(&r.run)
     );
     let _ = writeln!(html, "<h1>faultline run {}</h1>", esc(&r.run));
-    let class = if matches!(r.verdict, Some(crate::run::RunVerdict::Pass)) {
+    let class = if matches!(r.verdict, Some(crate::verdict::RunVerdict::Pass)) {
         "pass"
     } else {
         "fail"

@@ -14,10 +14,11 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::ledger::{FindingRecord, LedgerError, LedgerReader};
+use crate::history::FindingRecord;
+use crate::ledger::query::{FaultCoverage, Point};
+use crate::ledger::{LedgerError, LedgerReader};
 use crate::oracle::Coverage;
-use crate::run::RunVerdict;
-use crate::run::coverage::{FaultCoverage, fault_coverage};
+use crate::verdict::RunVerdict;
 
 /// The columns of the tolerance rules' table.
 const RULE_COLUMNS: [&str; 7] = [
@@ -132,18 +133,6 @@ fn absorbed_rows(meta: &BTreeMap<String, String>, findings: &[FindingRecord]) ->
     rows
 }
 
-/// One bucket of the time series.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
-    /// Seconds since the run started, at the bucket's start.
-    pub t_s: f64,
-    pub ops_per_s: f64,
-    pub ok_per_s: f64,
-    /// Latency of the successful operations, in ms.
-    pub p50_ms: f64,
-    pub p99_ms: f64,
-}
-
 /// One JUnit test case: class, name, time (s), and its failure (message,
 /// text) if it failed.
 struct Case {
@@ -197,24 +186,7 @@ impl Report {
     /// Reads everything the report needs from a ledger.
     pub fn load(path: &Path) -> Result<Report, LedgerError> {
         let ledger = LedgerReader::open(path)?;
-        let conn = ledger.connection();
-        let err = |source| LedgerError::Sqlite {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut meta = BTreeMap::new();
-        {
-            let mut stmt = conn
-                .prepare("SELECT key, value FROM run_meta")
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-                .map_err(err)?;
-            for row in rows {
-                let (k, v) = row.map_err(err)?;
-                meta.insert(k, v);
-            }
-        }
+        let meta = ledger.meta_all()?;
         let verdict = meta
             .get("verdict")
             .and_then(|v| serde_json::from_str(v).ok());
@@ -225,29 +197,12 @@ impl Report {
             .get("selftest")
             .and_then(|v| serde_json::from_str(v).ok());
         let mut counts: BTreeMap<String, [u64; 4]> = BTreeMap::new();
-        {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT kind, outcome, sum(ops) FROM ops_per_minute GROUP BY kind, outcome",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .map_err(err)?;
-            for row in rows {
-                let (kind, outcome, n) = row.map_err(err)?;
-                let i = ["ok", "fail", "ambiguous", "unavailable"]
-                    .iter()
-                    .position(|o| *o == outcome)
-                    .unwrap_or(3);
-                counts.entry(kind).or_default()[i] += n as u64;
-            }
+        for (kind, outcome, n) in ledger.op_counts()? {
+            let i = ["ok", "fail", "ambiguous", "unavailable"]
+                .iter()
+                .position(|o| *o == outcome)
+                .unwrap_or(3);
+            counts.entry(kind).or_default()[i] += n;
         }
         let order = |k: &str| {
             crate::history::OpKind::ALL
@@ -257,31 +212,9 @@ impl Report {
         };
         let mut counts: Vec<(String, [u64; 4])> = counts.into_iter().collect();
         counts.sort_by_key(|(k, _)| order(k));
-        let mut latency = Vec::new();
-        {
-            let mut stmt = conn
-                .prepare(
-                    "SELECT kind, ops, p50_ms, p90_ms, p99_ms, max_ms FROM latency_percentiles",
-                )
-                .map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)? as u64,
-                        r.get::<_, f64>(2)?,
-                        r.get::<_, f64>(3)?,
-                        r.get::<_, f64>(4)?,
-                        r.get::<_, f64>(5)?,
-                    ))
-                })
-                .map_err(err)?;
-            for row in rows {
-                latency.push(row.map_err(err)?);
-            }
-        }
+        let mut latency = ledger.latency()?;
         latency.sort_by_key(|l| order(&l.0));
-        let series = series(conn).map_err(err)?;
+        let series = ledger.series(SERIES_POINTS_MAX)?;
         let findings = ledger.findings()?;
         Ok(Report {
             absorbed: absorbed_rows(&meta, &findings),
@@ -294,7 +227,7 @@ impl Report {
             verdict,
             coverage,
             findings,
-            faults: fault_coverage(&ledger)?,
+            faults: ledger.fault_coverage()?,
             counts,
             latency,
             series,
@@ -622,8 +555,7 @@ impl Report {
                 class: "faults",
                 name: format!("#{} {} on {}", f.id, f.kind, f.target),
                 time_s: f.recovery_ms.unwrap_or_default() as f64 / 1e3,
-                failure: f
-                    .gaps()
+                failure: crate::verdict::fault_gaps(f)
                     .first()
                     .map(|g| ("fault not covered".into(), g.clone())),
             });
@@ -741,56 +673,6 @@ fn witness_markdown(n: usize, f: &FindingRecord, run: &str) -> String {
     }
     md.push('\n');
     md
-}
-
-/// Throughput and latency over time, in at most `SERIES_POINTS_MAX`
-/// buckets, from the workers' operations (not the final verification).
-fn series(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<Point>> {
-    let end: i64 = conn.query_row(
-        "SELECT coalesce(max(t_return_ns), 0) FROM ops WHERE origin != 'final'",
-        [],
-        |r| r.get(0),
-    )?;
-    let bucket = (end as u64 / SERIES_POINTS_MAX).max(1_000_000_000);
-    let mut stmt = conn.prepare(
-        "SELECT t_invoke_ns / ?1, outcome = 'ok', t_return_ns - t_invoke_ns
-         FROM ops WHERE origin != 'final' ORDER BY 1",
-    )?;
-    let mut rows = stmt.query([bucket as i64])?;
-    let mut out = Vec::new();
-    let mut current: Option<(i64, u64, u64, Vec<u64>)> = None;
-    let flush = |c: (i64, u64, u64, Vec<u64>), out: &mut Vec<Point>| {
-        let (b, n, ok, mut lat) = c;
-        lat.sort_unstable();
-        let pick = |p: f64| {
-            lat.get(((lat.len().max(1) - 1) as f64 * p).round() as usize)
-                .map_or(0.0, |ns| *ns as f64 / 1e6)
-        };
-        let width = bucket as f64 / 1e9;
-        out.push(Point {
-            t_s: b as f64 * width,
-            ops_per_s: n as f64 / width,
-            ok_per_s: ok as f64 / width,
-            p50_ms: pick(0.5),
-            p99_ms: pick(0.99),
-        });
-    };
-    while let Some(r) = rows.next()? {
-        let (b, ok, lat): (i64, bool, i64) = (r.get(0)?, r.get(1)?, r.get(2)?);
-        if current.as_ref().is_some_and(|c| c.0 != b) {
-            flush(current.take().expect("checked"), &mut out);
-        }
-        let c = current.get_or_insert((b, 0, 0, Vec::new()));
-        c.1 += 1;
-        if ok {
-            c.2 += 1;
-            c.3.push(lat as u64);
-        }
-    }
-    if let Some(c) = current {
-        flush(c, &mut out);
-    }
-    Ok(out)
 }
 
 /// Renders every report file into the run directory.

@@ -5,37 +5,9 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use rusqlite::types::ValueRef;
-
 use crate::exit::Error;
+use crate::ledger::query::Rows;
 use crate::ledger::{LedgerError, LedgerReader};
-
-/// Named queries for the common questions.
-pub const PRESETS: [(&str, &str); 4] = [
-    (
-        "findings",
-        "SELECT id, class, key, op_id, fault_id, round(t_ns / 1e9, 3) AS t_s, expected, seen,
-                known IS NOT NULL AS known
-         FROM findings ORDER BY known, id",
-    ),
-    (
-        "faults",
-        "SELECT id, kind, target, round(t_start_ns / 1e9, 3) AS start_s,
-                round(t_end_ns / 1e9, 3) AS undone_s, round(t_recovered_ns / 1e9, 3) AS recovered_s,
-                recovery_ms
-         FROM faults ORDER BY id",
-    ),
-    ("latency", "SELECT * FROM latency_percentiles"),
-    (
-        "availability",
-        "SELECT f.id, f.kind, f.target, count(o.id) AS ops, coalesce(sum(o.outcome = 'ok'), 0) AS ok,
-                round(100.0 * sum(o.outcome = 'ok') / count(o.id), 1) AS ok_percent
-         FROM faults f LEFT JOIN ops o
-           ON o.t_invoke_ns <= coalesce(f.t_recovered_ns, f.t_end_ns, 9223372036854775807)
-          AND o.t_return_ns >= f.t_start_ns
-         GROUP BY f.id ORDER BY f.id",
-    ),
-];
 
 /// How query results are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,35 +17,11 @@ pub enum Format {
     Csv,
 }
 
-/// A query's columns and rows, as text (NULL as empty).
-pub struct Rows {
-    pub columns: Vec<String>,
-    pub rows: Vec<Vec<Option<String>>>,
-}
-
 /// Runs one read-only query.
 pub fn query(ledger: &LedgerReader, sql: &str) -> Result<Rows, Error> {
-    let conn = ledger.connection();
-    let bad = |e: rusqlite::Error| Error::Usage(format!("query: {e}"));
-    let mut stmt = conn.prepare(sql).map_err(bad)?;
-    let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
-    let n = columns.len();
-    let mut rows = Vec::new();
-    let mut q = stmt.query([]).map_err(bad)?;
-    while let Some(row) = q.next().map_err(bad)? {
-        let mut out = Vec::with_capacity(n);
-        for i in 0..n {
-            out.push(match row.get_ref(i).map_err(bad)? {
-                ValueRef::Null => None,
-                ValueRef::Integer(v) => Some(v.to_string()),
-                ValueRef::Real(v) => Some(v.to_string()),
-                ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-                ValueRef::Blob(b) => Some(hex::encode(b)),
-            });
-        }
-        rows.push(out);
-    }
-    Ok(Rows { columns, rows })
+    ledger
+        .query(sql)
+        .map_err(|e| Error::Usage(format!("query: {e}")))
 }
 
 impl Rows {
@@ -136,10 +84,7 @@ impl Rows {
 /// listed it, with interval and outcome; the faults around them; the
 /// findings on it.
 pub fn explain(ledger: &LedgerReader, key: &str) -> Result<String, Error> {
-    let ops = ledger.ops_where(
-        "key = ?1 OR (kind = 'list' AND detail LIKE '%' || ?2 || '%')",
-        rusqlite::params![key, format!("\"{key}\"")],
-    )?;
+    let ops = ledger.ops_touching(key)?;
     if ops.is_empty() {
         return Err(Error::Usage(format!(
             "no operation on key {key} in {}",
@@ -292,7 +237,7 @@ pub fn runs(runs_dir: &Path) -> Result<String, Error> {
         let row = (|| -> Result<Vec<String>, LedgerError> {
             let l = LedgerReader::open(&dir.join("ledger.sqlite"))?;
             let verdict = match l.meta("verdict")? {
-                Some(v) => serde_json::from_str::<crate::run::RunVerdict>(&v)
+                Some(v) => serde_json::from_str::<crate::verdict::RunVerdict>(&v)
                     .map(|v| v.headline())
                     .unwrap_or(v),
                 None if l.meta("finished_at")?.is_some() => "finished".into(),
@@ -305,10 +250,8 @@ pub fn runs(runs_dir: &Path) -> Result<String, Error> {
                     .into_owned(),
                 l.meta("profile")?.unwrap_or_default(),
                 l.meta("seed")?.unwrap_or_default(),
-                l.count("SELECT coalesce(sum(ops), 0) FROM ops_per_minute")?
-                    .to_string(),
-                l.count("SELECT count(*) FROM findings WHERE known IS NULL")?
-                    .to_string(),
+                l.ops_total()?.to_string(),
+                l.violations_total()?.to_string(),
                 verdict,
             ])
         })();

@@ -3,8 +3,9 @@
 //! by what CI systems read of it.
 
 use super::*;
+use crate::history::{FaultRecord, OpRecord};
 use crate::history::{OpKind, Origin, Outcome};
-use crate::ledger::{FaultRecord, Ledger, OpRecord, Record};
+use crate::ledger::{Ledger, Record};
 
 const S: u64 = 1_000_000_000;
 

@@ -7,9 +7,6 @@
 //! else happened; a run that could not check enough says so instead of
 //! passing (oracle.md §8).
 
-pub mod coverage;
-pub mod online;
-
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -23,10 +20,13 @@ use crate::cluster::{BootOptions, Cluster};
 use crate::exit::{self, Error};
 use crate::faults::{FaultStatus, Injector, Planned, SoakPlan, gate_plan};
 use crate::history::{OpKind, Outcome};
+use crate::ledger::query::FaultCoverage;
 use crate::ledger::{Ledger, LedgerReader, Record, Retention};
+use crate::online::{self, Judged, Online};
 use crate::oracle::{Contract, Coverage, Finding, RunInfo};
+use crate::sys::{free_disk_bytes, rss_bytes};
+use crate::verdict::{RunVerdict, SelftestOutcome, Thresholds, judge};
 use crate::workload::{Stats, Workload, WorkloadConfig};
-use online::{Judged, Online};
 
 /// SIGINT (Ctrl-C) and SIGTERM, registered once for the whole command:
 /// a signal delivered while no one is waiting is kept for the next wait,
@@ -123,100 +123,8 @@ pub struct RunConfig {
 /// it, a run ends its workload rather than fill the host's disk.
 pub const MIN_FREE_DISK_MB: u64 = 2048;
 
-/// Bytes free to an unprivileged writer on the filesystem holding `path`.
-pub fn free_disk_bytes(path: &Path) -> Option<u64> {
-    let st = nix::sys::statvfs::statvfs(path).ok()?;
-    Some(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
 /// How long a run warms up before `inject` arms its bug.
 const INJECT_AFTER: Duration = Duration::from_secs(5);
-
-/// Limits on how the cluster rides out faults. A breach fails the run as
-/// an infrastructure failure (exit 3); findings still come first.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
-pub struct Thresholds {
-    /// Every fault must be recovered within this.
-    pub max_recovery_ms: Option<u64>,
-    /// At least this fraction of operations must succeed in every fault window.
-    pub min_availability: Option<f64>,
-}
-
-impl Thresholds {
-    /// What the faults breached.
-    pub fn breaches(&self, faults: &[coverage::FaultCoverage]) -> Vec<String> {
-        let mut out = Vec::new();
-        for f in faults {
-            let name = format!("fault #{} ({} on {})", f.id, f.kind, f.target);
-            if let (Some(max), Some(ms)) = (self.max_recovery_ms, f.recovery_ms)
-                && ms > max
-            {
-                out.push(format!(
-                    "{name} recovered in {ms} ms, over the {max} ms allowed"
-                ));
-            }
-            if let (Some(min), Some(a)) = (self.min_availability, f.availability())
-                && a < min
-            {
-                out.push(format!(
-                    "{name}: {:.1} % of operations succeeded during it, under the {:.1} % required",
-                    a * 100.0,
-                    min * 100.0
-                ));
-            }
-        }
-        out
-    }
-}
-
-/// How a run ended, most important first.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "verdict", rename_all = "kebab-case")]
-pub enum RunVerdict {
-    /// Everything planned happened and no check failed.
-    Pass,
-    /// The oracle found wrong data; `infrastructure` when the cluster also
-    /// did not come back (its final reads still ran).
-    Findings {
-        count: u64,
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        infrastructure: Option<String>,
-    },
-    /// The cluster did not come back, so not everything could be checked.
-    Infrastructure { reason: String },
-    /// No findings, but the checks covered too little to vouch for the run.
-    CoverageGap { gaps: Vec<String> },
-    /// The check itself could not finish.
-    Unknown { reason: String },
-}
-
-impl RunVerdict {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            RunVerdict::Pass => exit::PASS,
-            RunVerdict::Findings { .. } => exit::FINDINGS,
-            RunVerdict::Infrastructure { .. } => exit::INFRA,
-            RunVerdict::CoverageGap { .. } | RunVerdict::Unknown { .. } => exit::COVERAGE_GAP,
-        }
-    }
-
-    pub fn headline(&self) -> String {
-        match self {
-            RunVerdict::Pass => "PASS".into(),
-            RunVerdict::Findings {
-                count,
-                infrastructure: None,
-            } => format!("FAIL: {count} findings"),
-            RunVerdict::Findings {
-                count,
-                infrastructure: Some(reason),
-            } => format!("FAIL: {count} findings; also INFRASTRUCTURE FAILURE: {reason}"),
-            RunVerdict::Infrastructure { reason } => format!("INFRASTRUCTURE FAILURE: {reason}"),
-            RunVerdict::CoverageGap { gaps } => format!("COVERAGE GAP: {}", gaps.join("; ")),
-            RunVerdict::Unknown { reason } => format!("UNKNOWN: {reason}"),
-        }
-    }
-}
 
 /// The oracle's settings, as the ledger's `run_meta` records them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -250,20 +158,6 @@ impl OracleMeta {
             workers: self.workers,
             read_span_max_ns: self.read_span_max_ns,
         }
-    }
-}
-
-/// What the self-test found.
-#[derive(Debug, Clone, Serialize)]
-pub struct SelftestOutcome {
-    pub caught: Vec<crate::selftest::Caught>,
-    /// Findings outside the known deviations and the keys phase 1 damaged.
-    pub unexpected: Vec<Finding>,
-}
-
-impl SelftestOutcome {
-    pub fn passed(&self) -> bool {
-        self.unexpected.is_empty() && self.caught.iter().all(|c| c.caught)
     }
 }
 
@@ -328,11 +222,10 @@ pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Erro
             print_selftest(st);
             if st.passed() {
                 println!("selftest: PASS (every injected bug caught and named; no other finding)");
-                exit::PASS
             } else {
                 println!("selftest: FAIL");
-                exit::FINDINGS
             }
+            st.exit_code()
         }
         None => {
             println!("verdict: {}", outcome.verdict.headline());
@@ -372,18 +265,12 @@ fn record_wrong_probe(cfg: &RunConfig, w: &crate::cluster::WrongProbe) -> Result
     let judged = online.finish();
     ledger.send(Record::Meta {
         key: "finished_at".into(),
-        value: crate::cluster::utc_now(),
+        value: crate::sys::utc_now(),
     })?;
     drop(ledger);
     writer.finish()?;
     let booting = format!("booting stopped: {w}");
-    let verdict = match judged.as_ref().map(|j| j.violations.len()) {
-        Some(n) if n > 0 => RunVerdict::Findings {
-            count: n as u64,
-            infrastructure: Some(booting),
-        },
-        _ => RunVerdict::Infrastructure { reason: booting },
-    };
+    let verdict = crate::verdict::booting_stopped(judged.as_ref(), booting);
     crate::ledger::set_meta(
         &ledger_path,
         "verdict",
@@ -528,7 +415,7 @@ fn run_meta(
                 .to_string(),
             },
         ),
-        ("started_at", crate::cluster::utc_now()),
+        ("started_at", crate::sys::utc_now()),
         ("duration_ms", cfg.duration.as_millis().to_string()),
     ]
 }
@@ -867,7 +754,7 @@ async fn drive(
     let verdict = online.finish();
     ledger.send(Record::Meta {
         key: "finished_at".into(),
-        value: crate::cluster::utc_now(),
+        value: crate::sys::utc_now(),
     })?;
     drop(ledger);
     drop(workload);
@@ -875,7 +762,7 @@ async fn drive(
     let records = writer.finish()?;
     let faults = {
         let reader = LedgerReader::open(&ledger_path)?;
-        coverage::fault_coverage(&reader)?
+        reader.fault_coverage()?
     };
     let skipped = fault_status
         .lock()
@@ -964,7 +851,7 @@ async fn drive(
 fn skipped_gaps(
     mode: FaultMode,
     skipped: &[(crate::faults::FaultKind, String, String)],
-    ran: &[coverage::FaultCoverage],
+    ran: &[FaultCoverage],
 ) -> Vec<String> {
     skipped
         .iter()
@@ -1018,7 +905,7 @@ fn describe_faults(status: &Arc<Mutex<FaultStatus>>, planned: usize) -> String {
     }
 }
 
-fn print_faults(faults: &[coverage::FaultCoverage]) {
+fn print_faults(faults: &[FaultCoverage]) {
     if faults.is_empty() {
         return;
     }
@@ -1043,81 +930,6 @@ fn print_faults(faults: &[coverage::FaultCoverage]) {
         ]);
     }
     println!("{table}");
-}
-
-/// The run's verdict from what the oracle found and what was covered.
-#[allow(clippy::too_many_arguments)]
-fn judge(
-    verdict: Option<&Judged>,
-    infra: Option<String>,
-    lost: bool,
-    stats: &Stats,
-    wl: &WorkloadConfig,
-    workload_failed: bool,
-    faults: &[coverage::FaultCoverage],
-    mut plan_gaps: Vec<String>,
-) -> RunVerdict {
-    let Some(v) = verdict.filter(|_| !lost) else {
-        return RunVerdict::Unknown {
-            reason: "the online check stopped before the run ended".into(),
-        };
-    };
-    if !v.violations.is_empty() {
-        return RunVerdict::Findings {
-            count: v.violations.len() as u64,
-            infrastructure: infra,
-        };
-    }
-    if let Some(reason) = infra {
-        return RunVerdict::Infrastructure { reason };
-    }
-    if workload_failed {
-        return RunVerdict::Unknown {
-            reason: "the workload did not finish cleanly".into(),
-        };
-    }
-    let mut gaps = coverage_gaps(&v.coverage, stats, wl);
-    gaps.append(&mut plan_gaps);
-    gaps.extend(faults.iter().flat_map(coverage::FaultCoverage::gaps));
-    if gaps.is_empty() {
-        RunVerdict::Pass
-    } else {
-        RunVerdict::CoverageGap { gaps }
-    }
-}
-
-/// What a run had to exercise to vouch for anything, and did not.
-fn coverage_gaps(c: &Coverage, stats: &Stats, wl: &WorkloadConfig) -> Vec<String> {
-    let mut gaps = Vec::new();
-    if c.reads_checked == 0 {
-        gaps.push("no read was checked".into());
-    }
-    if c.final_reads_checked == 0 {
-        gaps.push("the final verification checked no read".into());
-    }
-    if c.writes_acked == 0 {
-        gaps.push("no write was acknowledged".into());
-    }
-    let weights = [
-        (wl.mix.write, &[OpKind::Put, OpKind::Overwrite][..]),
-        (wl.mix.delete, &[OpKind::Delete][..]),
-        (wl.mix.get, &[OpKind::Get][..]),
-        (wl.mix.head, &[OpKind::Head][..]),
-        (wl.mix.range, &[OpKind::Range][..]),
-        (wl.mix.list, &[OpKind::List][..]),
-    ];
-    for (weight, kinds) in weights {
-        if weight > 0 && kinds.iter().all(|k| stats.count(*k, Outcome::Ok) == 0) {
-            gaps.push(format!(
-                "no successful {} although the mix asks for it",
-                kinds[0].as_str()
-            ));
-        }
-    }
-    if wl.mix.list > 0 && c.list_pages_checked == 0 {
-        gaps.push("no LIST page was checked".into());
-    }
-    gaps
 }
 
 /// Snapshots the live counters, the online oracle's backlog and the
@@ -1150,27 +962,6 @@ fn record_metrics(ledger: &Ledger, stats: &Stats, oracle: &online::Status, clock
             value,
         });
     }
-}
-
-/// The process's resident set now, in bytes.
-pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
-}
-
-/// The process's peak resident set (VmHWM), in bytes.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
-        })
-        .map_or(0, |kb| kb * 1024)
 }
 
 fn print_summary(stats: &Stats, elapsed: Duration, records: u64, ledger: &Path) {
@@ -1310,7 +1101,7 @@ pub struct Verified {
     pub operations: u64,
     /// What the online check recorded in the ledger, of the operations
     /// it still holds (retention folds old reads, never their findings).
-    pub recorded: Vec<crate::ledger::FindingRecord>,
+    pub recorded: Vec<crate::history::FindingRecord>,
 }
 
 impl Verified {
@@ -1384,8 +1175,8 @@ mod tests {
     use super::*;
     use crate::faults::FaultKind;
 
-    fn ran(kind: &str) -> coverage::FaultCoverage {
-        coverage::FaultCoverage {
+    fn ran(kind: &str) -> FaultCoverage {
+        FaultCoverage {
             id: 1,
             kind: kind.into(),
             target: "n1".into(),

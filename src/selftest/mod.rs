@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::online::Status;
 use crate::oracle::Class;
-use crate::run::online::Status;
 use proxy::{Mutation, Mutator, Proxy};
 
 /// How long one injection may take to be caught.

@@ -10,7 +10,6 @@
 //! up within seconds of the write. Above the live-bytes or live-objects cap,
 //! writes turn into DELETEs, so long runs stay bounded on disk.
 
-pub mod body;
 pub mod plan;
 pub mod route;
 
@@ -25,13 +24,15 @@ use reqwest::Method;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
+use crate::history::OpRecord;
+use crate::history::body::{self, Body};
+use crate::history::seed::substream;
 use crate::history::{
     ErrorClass, ListDetail, OpKind, Origin, Outcome, TraceDetail, classify_error, classify_status,
 };
-use crate::ledger::{Ledger, LedgerError, ObjectRecord, OpRecord, Record};
+use crate::ledger::{Ledger, LedgerError, ObjectRecord, Record};
 use crate::s3::{self, Failure, GENERATION_HEADER, Keep, Payload, Response, S3Client};
-use body::Body;
-use plan::{Mix, Plan, PlanConfig, Planner, RangeSpec, substream};
+use plan::{Mix, Plan, PlanConfig, Planner, RangeSpec};
 
 /// Bytes of a GET body kept for tracing (one block: its header names the
 /// writer); the rest is only hashed.

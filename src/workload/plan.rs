@@ -7,20 +7,11 @@
 //! only the labels that depend on state (PUT versus overwrite, a write
 //! turned into a DELETE above the live-data cap) are decided by the caller.
 
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
-/// A named, independent random stream derived from the run seed.
-pub fn substream(seed: u64, name: &str, index: u64) -> ChaCha8Rng {
-    let mut h = Sha256::new();
-    h.update(b"faultline-substream-v1");
-    h.update(seed.to_be_bytes());
-    h.update(name.as_bytes());
-    h.update(index.to_be_bytes());
-    ChaCha8Rng::from_seed(h.finalize().into())
-}
+use crate::history::seed::substream;
 
 /// Relative weights of the operation classes. Writes become PUT, overwrite
 /// or multipart by the key's state and the drawn size.

@@ -4,6 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
+pub mod body;
+pub mod seed;
+
 /// What an operation did, as the oracle sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -344,6 +347,94 @@ mod tests {
             Outcome::Unavailable,
         ] {
             assert_eq!(Outcome::parse(o.as_str()), Some(o));
+        }
+    }
+}
+
+/// One fault window (written by the fault injector).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FaultRecord {
+    pub id: u64,
+    pub kind: String,
+    pub target: String,
+    pub t_start_ns: u64,
+    pub t_confirm_ns: Option<u64>,
+    pub t_end_ns: Option<u64>,
+    pub t_recovered_ns: Option<u64>,
+    pub recovery_ms: Option<u64>,
+    pub gate: Option<String>,
+}
+
+/// One violation the oracle found, with its witness (JSON).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FindingRecord {
+    pub class: String,
+    pub key: Option<String>,
+    pub op_id: Option<u64>,
+    pub fault_id: Option<u64>,
+    pub t_ns: u64,
+    pub expected: String,
+    pub seen: String,
+    pub witness: String,
+    /// Set when the profile tolerates it as a known deviation: why.
+    pub known: Option<String>,
+    /// The profile's tolerance rule (by position) that absorbed it.
+    pub rule: Option<u32>,
+    /// How long after its deciding write was acknowledged the read began.
+    pub since_ack_ns: Option<u64>,
+    /// A read of the final verification.
+    pub final_read: bool,
+}
+
+/// One operation, as recorded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpRecord {
+    /// Assigned by the ledger writer when it receives the record (0 until then).
+    pub id: u64,
+    pub worker: u32,
+    pub origin: Origin,
+    pub kind: OpKind,
+    pub key: Option<String>,
+    pub generation: Option<u64>,
+    pub range_header: Option<String>,
+    pub range: Option<(u64, u64)>,
+    pub t_invoke_ns: u64,
+    pub t_return_ns: u64,
+    pub outcome: Outcome,
+    pub http_status: Option<u16>,
+    pub error_class: Option<ErrorClass>,
+    pub bytes: u64,
+    pub size: Option<u64>,
+    pub sha256: Option<[u8; 32]>,
+    pub etag: Option<String>,
+    pub endpoint: u32,
+    pub detail: Option<String>,
+}
+
+impl OpRecord {
+    /// An operation with nothing observed yet; callers set the rest with
+    /// struct update syntax.
+    pub fn new(kind: OpKind, key: Option<String>, outcome: Outcome) -> OpRecord {
+        OpRecord {
+            id: 0,
+            worker: 0,
+            origin: Origin::Worker,
+            kind,
+            key,
+            generation: None,
+            range_header: None,
+            range: None,
+            t_invoke_ns: 0,
+            t_return_ns: 0,
+            outcome,
+            http_status: None,
+            error_class: None,
+            bytes: 0,
+            size: None,
+            sha256: None,
+            etag: None,
+            endpoint: 0,
+            detail: None,
         }
     }
 }

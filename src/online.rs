@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::cluster::profile::Tolerance;
-use crate::ledger::{FaultRecord, FindingRecord, Ledger, Record, TAP_BATCH_MAX, Tap, Tapped};
+use crate::history::{FaultRecord, FindingRecord};
+use crate::ledger::{Ledger, Record, TAP_BATCH_MAX, Tap, Tapped};
 use crate::oracle::{Class, Coverage, Finding, Oracle, RunInfo};
 
 /// Operations queued for the checker before the ledger writer waits (in
@@ -316,7 +317,7 @@ impl Online {
                 let guard = LostOnPanic(&thread_status);
                 let verdict = check_loop(info, &tolerate, rx, ledger, &thread_status);
                 std::mem::forget(guard);
-                (verdict, crate::bench::thread_cpu_time())
+                (verdict, crate::sys::thread_cpu_time())
             })
             .expect("a thread can be spawned at start-up");
         (
@@ -471,8 +472,8 @@ mod tests {
 
     #[test]
     fn the_verdict_keeps_every_violation_but_only_counts_known_deviations_past_a_bound() {
+        use crate::history::OpRecord;
         use crate::history::{OpKind, Origin, Outcome};
-        use crate::ledger::OpRecord;
         let final_get = |id: u64, outcome: Outcome| {
             let mut op = OpRecord::new(OpKind::Get, Some(format!("p/x{id}")), outcome);
             op.id = id;
@@ -533,8 +534,8 @@ mod tests {
     /// A deleted key still listed `lag_ms` after its DELETE returned, the
     /// DELETE acknowledged at 10 s; the page is a final read if `last`.
     fn ghost(lag_ms: u64, last: bool) -> Finding {
+        use crate::history::OpRecord;
         use crate::history::{ListDetail, OpKind, Origin, Outcome};
-        use crate::ledger::OpRecord;
         const S: u64 = 1_000_000_000;
         let mut put = OpRecord::new(OpKind::Put, Some("p/a".into()), Outcome::Ok);
         (

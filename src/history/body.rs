@@ -198,6 +198,19 @@ pub fn trace(bytes: &[u8], offset: u64) -> Option<Header> {
     None
 }
 
+/// sha256 of `body[start..end)`, computed 64 KiB at a time.
+pub fn slice_sha256(body: &Body, start: u64, end: u64) -> [u8; 32] {
+    const PIECE_BYTES: u64 = 64 * 1024;
+    let mut h = Sha256::new();
+    let mut s = start;
+    while s < end {
+        let e = (s + PIECE_BYTES).min(end);
+        h.update(body.slice(s, e));
+        s = e;
+    }
+    h.finalize().into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
