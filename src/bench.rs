@@ -19,6 +19,7 @@ use crate::exit::{self, Error};
 use crate::ledger::{Ledger, LedgerWriter, Record};
 use crate::online::Online;
 use crate::oracle::{Oracle, synth};
+use crate::profile::{OracleSection, Profile};
 use crate::run::{Interrupts, OracleMeta, boot_unless_interrupted};
 use crate::sys::{cpu_time, peak_rss_bytes};
 use crate::workload::{Workload, WorkloadConfig};
@@ -207,12 +208,13 @@ impl Phase {
 /// compaction or a noisy neighbour does not move).
 pub async fn runner(
     opts: BootOptions,
-    wl: WorkloadConfig,
+    profile: Profile,
     phase: Duration,
     rounds: u32,
 ) -> Result<u8, Error> {
+    let wl = profile.workload.clone();
     let mut interrupts = Interrupts::new();
-    let Some(cluster) = boot_unless_interrupted(&opts, &mut interrupts).await? else {
+    let Some(cluster) = boot_unless_interrupted(&profile, &opts, &mut interrupts).await? else {
         return Ok(exit::INFRA);
     };
     println!(
@@ -229,7 +231,7 @@ pub async fn runner(
     for i in 0..=2 * rounds {
         let full = i % 2 == 1;
         let p = tokio::select! {
-            p = one_phase(&cluster, &wl, opts.seed, i, full, phase) => p,
+            p = one_phase(&cluster, &profile.oracle, &wl, opts.seed, i, full, phase) => p,
             _ = interrupts.next() => { result = Err(Error::Interrupted); break; }
         };
         match p {
@@ -402,6 +404,7 @@ impl Spread {
 
 async fn one_phase(
     cluster: &Cluster,
+    oracle: &OracleSection,
     wl: &WorkloadConfig,
     seed: u64,
     index: u32,
@@ -420,7 +423,7 @@ async fn one_phase(
         .collect();
     let cpu_before = cpu_time();
     let (ledger, writer, online): (Ledger, LedgerWriter, Option<Online>) = if full {
-        let meta = OracleMeta::for_workload(&cluster.profile.oracle, wl);
+        let meta = OracleMeta::for_workload(oracle, wl);
         let (online, tap) = Online::start(
             meta.run_info(seed, prefix.clone(), true),
             meta.tolerate.clone(),

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::cluster::profile::Profile;
 use crate::cluster::{BootOptions, Cluster, ClusterError, provision};
 use crate::exit::{self, Error};
+use crate::profile::Profile;
 use crate::run::{self, Interrupts, RunConfig, boot_unless_interrupted};
 use crate::verdict::RunVerdict;
 
@@ -518,7 +518,7 @@ pub fn run(cli: Cli) -> u8 {
 async fn install(args: InstallArgs) -> Result<u8, Error> {
     let profile = Profile::load(&args.profile)?;
     let cache = args.cache_dir.unwrap_or_else(provision::default_cache_dir);
-    let (krate, version, name) = match (&profile.garage, &profile.binary) {
+    let (krate, version, name) = match (&profile.cluster.garage, &profile.cluster.binary) {
         (Some(g), _) => (
             "garage".to_string(),
             g.version.clone(),
@@ -548,7 +548,8 @@ async fn up(args: UpArgs) -> Result<u8, Error> {
     let mut interrupts = Interrupts::new();
     let opts = args.cluster.boot_options();
     eprintln!("faultline: seed {}", opts.seed);
-    let Some(cluster) = boot_unless_interrupted(&opts, &mut interrupts).await? else {
+    let profile = Profile::load(&opts.profile)?;
+    let Some(cluster) = boot_unless_interrupted(&profile, &opts, &mut interrupts).await? else {
         return Ok(exit::INFRA);
     };
     print_ready(&cluster);
@@ -870,5 +871,5 @@ async fn bench_runner(args: BenchRunnerArgs) -> Result<u8, Error> {
     let opts = args.cluster.boot_options();
     let mut profile = Profile::load(&opts.profile)?;
     args.workload.apply(&mut profile)?;
-    crate::bench::runner(opts, profile.workload, args.phase, args.rounds).await
+    crate::bench::runner(opts, profile, args.phase, args.rounds).await
 }

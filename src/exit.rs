@@ -2,7 +2,7 @@
 //! The table in README.md mirrors this file.
 
 use crate::cluster::ClusterError;
-use crate::cluster::profile::ProfileError;
+use crate::cluster::spec::ProfileError;
 use crate::ledger::LedgerError;
 
 /// The run passed (or the command did what it was asked).

@@ -13,6 +13,7 @@ pub mod history;
 pub mod ledger;
 pub mod online;
 pub mod oracle;
+pub mod profile;
 pub mod report;
 pub mod run;
 pub mod s3;

@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::cluster::profile::Tolerance;
 use crate::history::{FaultRecord, FindingRecord};
 use crate::ledger::{Ledger, Record, TAP_BATCH_MAX, Tap, Tapped};
 use crate::oracle::{Class, Coverage, Finding, Oracle, RunInfo};
+use crate::profile::Tolerance;
 
 /// Operations queued for the checker before the ledger writer waits (in
 /// messages of at most `TAP_BATCH_MAX`).
@@ -468,7 +468,7 @@ pub fn finding_record(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::profile::Bound;
+    use crate::profile::Bound;
 
     #[test]
     fn the_verdict_keeps_every_violation_but_only_counts_known_deviations_past_a_bound() {

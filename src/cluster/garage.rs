@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use super::profile::{GarageSection, Profile};
+use super::spec::{ClusterSpec, GarageSection};
 use super::{
     ClusterError, Ctx, Node, S3Target, Secrets, Unmet, allocate_ports, io_err, write_file,
 };
@@ -45,7 +45,7 @@ pub struct Garage {
 impl Garage {
     /// Chooses ports and renders every node's configuration (spares too).
     pub fn prepare(
-        profile: &Profile,
+        profile: &ClusterSpec,
         ctx: &Ctx,
         bin: Option<PathBuf>,
         secrets: Secrets,
@@ -509,7 +509,7 @@ mod tests {
 
     #[test]
     fn config_has_the_node_ports_and_shared_secret() {
-        let profile = Profile::parse(
+        let profile = crate::profile::Profile::parse(
             std::path::Path::new("t.toml"),
             "name = \"g\"\nkind = \"garage\"\n[garage]\nversion = \"2.5.0\"\nnodes = 3\nreplication_factor = 3\n",
         )
@@ -517,7 +517,7 @@ mod tests {
         let ports = BTreeMap::from([("s3".into(), 1), ("rpc".into(), 2), ("admin".into(), 3)]);
         let secrets = Secrets::from_seed(1);
         let text = render_config(
-            profile.garage.as_ref().unwrap(),
+            profile.cluster.garage.as_ref().unwrap(),
             &secrets,
             "garage",
             std::path::Path::new("/r/n1"),

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use super::profile::Profile;
+use super::spec::ClusterSpec;
 use super::supervisor::{ProcState, describe_exit};
 use super::template::Vars;
 use super::{
@@ -43,7 +43,7 @@ impl Generic {
     /// Chooses ports, renders every node's files and commands, and the S3
     /// endpoints. Returns the nodes, the flavor and the endpoints.
     pub fn prepare(
-        profile: &Profile,
+        profile: &ClusterSpec,
         ctx: &Ctx,
         bin: Option<PathBuf>,
         secrets: &Secrets,

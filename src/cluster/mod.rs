@@ -14,8 +14,8 @@
 
 pub mod garage;
 pub mod generic;
-pub mod profile;
 pub mod provision;
+pub mod spec;
 pub mod supervisor;
 pub mod template;
 
@@ -37,7 +37,7 @@ use crate::history::OpRecord;
 use crate::history::body::Body;
 use crate::s3::{S3Client, S3Config, Timeouts as S3Timeouts};
 use crate::sys::utc_now;
-use profile::{Kind, PortBase, Profile, ProfileError};
+use spec::{ClusterSpec, Kind, PortBase, ProfileError};
 use supervisor::{ProcState, SpawnSpec, Supervisor, SupervisorError, describe_exit};
 
 /// Every child's environment carries the run directory under this name, so
@@ -157,7 +157,7 @@ pub struct Ctx {
     pub profile_dir: PathBuf,
     pub sup: Supervisor,
     pub http: reqwest::Client,
-    pub timeouts: profile::Timeouts,
+    pub timeouts: spec::Timeouts,
     cmdlog: CommandLog,
 }
 
@@ -196,7 +196,7 @@ enum Flavor {
 }
 
 pub struct Cluster {
-    pub profile: Profile,
+    pub profile: ClusterSpec,
     pub seed: u64,
     pub nodes: Vec<Node>,
     pub s3: S3Target,
@@ -283,11 +283,16 @@ impl Secrets {
 }
 
 impl Cluster {
-    /// Boots the cluster a profile describes and waits until it is ready.
-    /// On failure every process already started is killed before returning.
-    pub async fn boot(opts: &BootOptions) -> Result<Cluster, ClusterError> {
+    /// Boots the cluster a profile's cluster half describes and waits
+    /// until it is ready; `profile_toml`, the whole profile as resolved,
+    /// goes into the run directory for the record. On failure every
+    /// process already started is killed before returning.
+    pub async fn boot(
+        opts: &BootOptions,
+        mut profile: ClusterSpec,
+        profile_toml: &str,
+    ) -> Result<Cluster, ClusterError> {
         let started = Instant::now();
-        let mut profile = Profile::load(&opts.profile)?;
         if let Some(base) = opts.port_base {
             profile.port_base = PortBase::Fixed(base);
         }
@@ -301,9 +306,7 @@ impl Cluster {
             .unwrap_or_default();
         let binary = resolve_binary(&profile, opts).await?;
         let run_dir = create_run_dir(&opts.runs_dir, opts.seed)?;
-        let resolved =
-            toml::to_string_pretty(&profile).map_err(|e| ClusterError::Config(e.to_string()))?;
-        write_file(&run_dir.join("profile.toml"), &resolved)?;
+        write_file(&run_dir.join("profile.toml"), profile_toml)?;
         let secrets = Secrets::from_seed(opts.seed);
         let access_key_id = profile
             .s3
@@ -1278,7 +1281,7 @@ fn shell_quote(s: &str) -> String {
 }
 
 async fn resolve_binary(
-    profile: &Profile,
+    profile: &ClusterSpec,
     opts: &BootOptions,
 ) -> Result<Option<PathBuf>, ClusterError> {
     if let Some(path) = &opts.binary_override {

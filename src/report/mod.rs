@@ -82,7 +82,7 @@ impl RuleRow {
 /// Every rule of the profile (from `run_meta`'s oracle settings) with
 /// what it absorbed, then known deviations no rule of those names.
 fn absorbed_rows(meta: &BTreeMap<String, String>, findings: &[FindingRecord]) -> Vec<RuleRow> {
-    let rules: Vec<crate::cluster::profile::Tolerance> = meta
+    let rules: Vec<crate::profile::Tolerance> = meta
         .get("oracle")
         .and_then(|o| serde_json::from_str::<serde_json::Value>(o).ok())
         .and_then(|o| serde_json::from_value(o["tolerate"].clone()).ok())

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::cluster::profile::{OracleSection, Profile, Tolerance};
 use crate::cluster::{BootOptions, Cluster};
 use crate::exit::{self, Error};
 use crate::faults::{FaultStatus, Injector, Planned, SoakPlan, gate_plan};
@@ -24,6 +23,7 @@ use crate::ledger::query::FaultCoverage;
 use crate::ledger::{Ledger, LedgerReader, Record, Retention};
 use crate::online::{self, Judged, Online};
 use crate::oracle::{Contract, Coverage, Finding, RunInfo};
+use crate::profile::{OracleSection, Profile, Tolerance};
 use crate::sys::{free_disk_bytes, rss_bytes};
 use crate::verdict::{RunVerdict, SelftestOutcome, Thresholds, judge};
 use crate::workload::{Stats, Workload, WorkloadConfig};
@@ -62,11 +62,12 @@ impl Default for Interrupts {
 
 /// Boots the cluster; `None` if Ctrl-C came first.
 pub async fn boot_unless_interrupted(
+    profile: &Profile,
     opts: &BootOptions,
     interrupts: &mut Interrupts,
 ) -> Result<Option<Cluster>, Error> {
     tokio::select! {
-        c = Cluster::boot(opts) => Ok(Some(c?)),
+        c = profile.boot(opts) => Ok(Some(c?)),
         _ = interrupts.next() => {
             // Dropping the boot future drops its supervisor, which kills
             // every node started so far.
@@ -171,7 +172,7 @@ struct Ended {
 pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Error> {
     let seed = cfg.boot.seed;
     crate::console::say(&format!("faultline: seed {seed}"));
-    let mut cluster = match boot_unless_interrupted(&cfg.boot, interrupts).await {
+    let mut cluster = match boot_unless_interrupted(&cfg.profile, &cfg.boot, interrupts).await {
         Ok(Some(cluster)) => cluster,
         Ok(None) => return Ok(exit::INFRA),
         Err(Error::Cluster(crate::cluster::ClusterError::WrongProbe(w))) => {
@@ -348,7 +349,7 @@ async fn update_binary(cfg: &RunConfig) -> Result<Option<PathBuf>, Error> {
     let Some(version) = &cfg.profile.faults.update_version else {
         return Ok(None);
     };
-    let (krate, name) = match (&cfg.profile.garage, &cfg.profile.binary) {
+    let (krate, name) = match (&cfg.profile.cluster.garage, &cfg.profile.cluster.binary) {
         (Some(_), _) => ("garage".to_string(), "garage".to_string()),
         (None, Some(b)) => (b.krate.clone(), b.name.clone().unwrap_or(b.krate.clone())),
         (None, None) => {
@@ -374,16 +375,17 @@ fn run_meta(
 ) -> Vec<(&'static str, String)> {
     vec![
         ("seed", cfg.boot.seed.to_string()),
-        ("profile", profile.name.clone()),
+        ("profile", profile.cluster.name.clone()),
         ("profile_path", cfg.boot.profile.display().to_string()),
         ("tool_version", env!("CARGO_PKG_VERSION").to_string()),
         (
             "store_version",
             profile
+                .cluster
                 .garage
                 .as_ref()
                 .map(|g| g.version.clone())
-                .or_else(|| profile.binary.as_ref().map(|b| b.version.clone()))
+                .or_else(|| profile.cluster.binary.as_ref().map(|b| b.version.clone()))
                 .unwrap_or_default(),
         ),
         (
@@ -461,7 +463,7 @@ async fn drive(
     let status = online.status.clone();
     let meta = run_meta(
         cfg,
-        &cluster.profile,
+        &cfg.profile,
         &prefix,
         &cluster.s3.endpoints,
         &oracle_meta,

@@ -1,4 +1,5 @@
-//! Cluster profiles: the TOML files under `configs/` that say what to boot.
+//! The cluster half of a profile (the TOML files under `configs/`): what
+//! to boot, and the error type of profile files.
 //!
 //! Two kinds exist. `garage` is the built-in default: the runner knows how
 //! to configure, bootstrap and health-check Garage itself. `generic`
@@ -33,106 +34,27 @@ pub enum ProfileError {
     },
 }
 
-/// A profile as written in its file, before any run-specific resolution.
+/// The cluster half of a profile: what to boot and how to reach it. The
+/// rest of a profile (workload, faults, oracle) is `crate::profile`'s.
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Profile {
+pub struct ClusterSpec {
     /// A short name used in run directories and reports.
     pub name: String,
     pub kind: Kind,
     /// `"auto"` picks free ports at boot; an integer N gives node i (from 0)
     /// the ports N + 10*i + 0, 1, 2, ... in the order its role lists them.
-    #[serde(default)]
     pub port_base: PortBase,
-    #[serde(default)]
     pub s3: S3Section,
     pub garage: Option<GarageSection>,
-    #[serde(default)]
     pub binary: Option<BinarySection>,
-    #[serde(default)]
     pub roles: Vec<RoleSection>,
-    #[serde(default)]
     pub hooks: Option<HooksSection>,
-    #[serde(default)]
     pub timeouts: Timeouts,
-    /// The workload's settings; the command line overrides some of them.
-    #[serde(default)]
-    pub workload: crate::workload::WorkloadConfig,
-    #[serde(default)]
-    pub oracle: OracleSection,
-    /// Which faults to inject and how (the command line overrides some).
-    #[serde(default)]
-    pub faults: crate::faults::FaultSettings,
-}
-
-/// What the oracle holds the store to.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct OracleSection {
-    /// `"read-after-write"` (default; what Garage promises) or `"linearizable"`.
-    #[serde(default)]
-    pub contract: crate::oracle::Contract,
-    /// Known deviations of the store under test: findings they match are
-    /// still recorded and reported, as known, but do not fail the run.
-    #[serde(default)]
-    pub tolerate: Vec<Tolerance>,
-}
-
-/// One known deviation: a finding class, narrowed by what was expected or
-/// seen, bounded by how long after the deciding write it may be seen and
-/// under which fault, and why it is tolerated. Past its bound the same
-/// finding fails the run again.
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct Tolerance {
-    pub class: crate::oracle::Class,
-    /// The finding's `expected` text must contain this.
-    #[serde(default)]
-    pub expected_contains: Option<String>,
-    /// The finding's `seen` text must contain this.
-    #[serde(default)]
-    pub seen_contains: Option<String>,
-    /// How long after the deciding write (the newest write acknowledged
-    /// before the read began) was acknowledged the read may have begun.
-    /// Required in a profile; `"none"` for a deviation that hides no value.
-    /// (Absent only in ledgers written before bounds existed: unbounded.)
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub within_ms: Option<Bound>,
-    /// Only when the deciding write was acknowledged inside a fault window
-    /// (from the fault's start to the end of its recovery), when a node that
-    /// was down or cut off could miss it.
-    #[serde(default)]
-    pub during_fault: bool,
-    /// Also in the final verification, after the cluster recovered. Off by
-    /// default: a store that recovered must answer right; reports name
-    /// every finding such a rule absorbed there.
-    #[serde(default)]
-    pub final_reads: bool,
-    /// Why: the store's behaviour, where it is documented, and the
-    /// measurement the bound comes from.
-    pub reason: String,
-}
-
-/// A tolerance's time bound: milliseconds, or none at all.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Bound {
-    Ms(u64),
-    None,
-}
-
-impl<'de> Deserialize<'de> for Bound {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let expected = "expected a bound in milliseconds or \"none\"";
-        Ok(match int_or_keyword::<D, u64>(d, "none", expected)? {
-            Some(n) => Bound::Ms(n),
-            None => Bound::None,
-        })
-    }
 }
 
 /// A value written either as a number of type `T` or as one keyword
 /// (`None`), with `expected` in the error for anything else.
-fn int_or_keyword<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(
+pub(crate) fn int_or_keyword<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(
     d: D,
     keyword: &str,
     expected: &str,
@@ -150,55 +72,6 @@ fn int_or_keyword<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(
             .map(Some)
             .map_err(|_| D::Error::custom(format!("{expected}, found {n}"))),
         Raw::Text(s) => Err(D::Error::custom(format!("{expected}, found {s:?}"))),
-    }
-}
-
-impl Serialize for Bound {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Bound::Ms(n) => s.serialize_u64(*n),
-            Bound::None => s.serialize_str("none"),
-        }
-    }
-}
-
-impl Tolerance {
-    /// Does this rule absorb `f`? `in_fault` says whether the finding's
-    /// deciding write was acknowledged inside a fault window.
-    pub fn absorbs(&self, f: &crate::oracle::Finding, in_fault: bool) -> bool {
-        let within = match self.within_ms {
-            Some(Bound::Ms(ms)) => f
-                .since_ack_ns
-                .is_some_and(|lag| lag <= ms.saturating_mul(1_000_000)),
-            Some(Bound::None) | None => true,
-        };
-        f.class == self.class
-            && self
-                .expected_contains
-                .as_deref()
-                .is_none_or(|s| f.expected.contains(s))
-            && self
-                .seen_contains
-                .as_deref()
-                .is_none_or(|s| f.seen.contains(s))
-            && within
-            && (in_fault || !self.during_fault)
-            && (self.final_reads || !f.final_read)
-    }
-
-    /// The rule's bounds in a few words, for summaries and reports.
-    pub fn bounds(&self) -> String {
-        let mut parts = vec![match self.within_ms {
-            Some(Bound::Ms(ms)) => format!("within {}", crate::console::ms_text(ms)),
-            Some(Bound::None) | None => "no time bound".into(),
-        }];
-        if self.during_fault {
-            parts.push("of a write acknowledged during a fault".into());
-        }
-        if self.final_reads {
-            parts.push("ALSO IN THE FINAL VERIFICATION".into());
-        }
-        parts.join(", ")
     }
 }
 
@@ -491,26 +364,10 @@ fn default_recovery_ms() -> u64 {
     120_000
 }
 
-impl Profile {
-    /// Reads, parses and validates a profile file.
-    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Profile::parse(path, &text)
-    }
-
-    pub fn parse(path: &Path, text: &str) -> Result<Profile, ProfileError> {
-        let profile: Profile = toml::from_str(text).map_err(|e| ProfileError::Parse {
-            path: path.to_path_buf(),
-            message: e.to_string().trim_end().to_string(),
-        })?;
-        profile.validate(path)?;
-        Ok(profile)
-    }
-
-    fn validate(&self, path: &Path) -> Result<(), ProfileError> {
+impl ClusterSpec {
+    /// Checks what the file format cannot: names, ports, the S3 section and
+    /// the kind's own tables.
+    pub fn validate(&self, path: &Path) -> Result<(), ProfileError> {
         let invalid = |key: &str, expected: &str, found: String| ProfileError::Invalid {
             path: path.to_path_buf(),
             key: key.to_string(),
@@ -550,52 +407,6 @@ impl Profile {
                 "s3.access_key_id",
                 "both access_key_id and secret_access_key, or neither",
                 "only one of them".into(),
-            ));
-        }
-        let w = &self.workload;
-        for (key, value, min) in [
-            ("workload.workers", u64::from(w.workers), 1),
-            ("workload.keys_per_worker", u64::from(w.keys_per_worker), 1),
-            ("workload.part_size", w.part_size, 1 << 20),
-            ("workload.list_max_keys", u64::from(w.list_max_keys), 1),
-            ("workload.list_pages_max", u64::from(w.list_pages_max), 1),
-            ("workload.total_timeout_ms", w.total_timeout_ms, 100),
-        ] {
-            if value < min {
-                return Err(invalid(key, &format!("at least {min}"), value.to_string()));
-            }
-        }
-        if !(0.0..=1.0).contains(&w.delete_watermark) {
-            return Err(invalid(
-                "workload.delete_watermark",
-                "a fraction from 0 to 1",
-                w.delete_watermark.to_string(),
-            ));
-        }
-        for (i, t) in self.oracle.tolerate.iter().enumerate() {
-            if t.within_ms.is_none() {
-                return Err(invalid(
-                    &format!("oracle.tolerate[{i}].within_ms"),
-                    "a bound in milliseconds (how long after the deciding write was acknowledged the deviation may be seen), or \"none\" for a deviation that can hide no value",
-                    "nothing".into(),
-                ));
-            }
-        }
-        let f = &self.faults;
-        if f.kinds.is_empty() {
-            return Err(invalid(
-                "faults.kinds",
-                "at least one fault kind",
-                "an empty list".into(),
-            ));
-        }
-        if let Some(v) = &f.update_version
-            && !valid_version(v)
-        {
-            return Err(invalid(
-                "faults.update_version",
-                "an exact version such as \"2.5.0\"",
-                format!("{v:?}"),
             ));
         }
         match self.kind {
@@ -765,7 +576,7 @@ impl Profile {
     }
 }
 
-fn valid_version(v: &str) -> bool {
+pub(crate) fn valid_version(v: &str) -> bool {
     let parts: Vec<&str> = v.split('.').collect();
     parts.len() == 3
         && parts
@@ -779,162 +590,4 @@ fn valid_bucket(b: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && !b.starts_with('-')
         && !b.ends_with('-')
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<Profile, ProfileError> {
-        Profile::parse(Path::new("configs/test.toml"), text)
-    }
-
-    const GARAGE: &str = r#"
-name = "g"
-kind = "garage"
-[garage]
-version = "2.5.0"
-nodes = 3
-spares = 2
-replication_factor = 3
-"#;
-
-    #[test]
-    fn minimal_garage_profile_gets_defaults() {
-        let p = parse(GARAGE).unwrap();
-        assert_eq!(p.port_base, PortBase::Auto);
-        let g = p.garage.unwrap();
-        assert_eq!(g.consistency_mode, ConsistencyMode::Consistent);
-        assert_eq!(g.db_engine, DbEngine::Sqlite);
-        assert_eq!(p.s3.bucket, "faultline");
-    }
-
-    #[test]
-    fn unknown_key_names_file_key_and_expected_keys() {
-        let err = parse(&GARAGE.replace("spares = 2", "sparez = 2"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("configs/test.toml: "), "{err}");
-        assert!(err.contains("unknown field `sparez`"), "{err}");
-        assert!(err.contains("`spares`"), "{err}");
-    }
-
-    #[test]
-    fn wrong_type_names_file_and_expected_type() {
-        let err = parse(&GARAGE.replace("nodes = 3", "nodes = \"three\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.starts_with("configs/test.toml: "), "{err}");
-        assert!(err.contains("nodes"), "{err}");
-        assert!(err.contains("u32") || err.contains("integer"), "{err}");
-    }
-
-    #[test]
-    fn fewer_nodes_than_replicas_is_rejected() {
-        let err = parse(&GARAGE.replace("nodes = 3", "nodes = 2"))
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            err,
-            "configs/test.toml: key `garage.nodes`: expected at least replication_factor (3), found 2"
-        );
-    }
-
-    #[test]
-    fn port_base_is_auto_or_a_number() {
-        let p = parse(&format!("port_base = 40000\n{GARAGE}")).unwrap();
-        assert_eq!(p.port_base, PortBase::Fixed(40000));
-        let err = parse(&format!("port_base = \"sometimes\"\n{GARAGE}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("port_base"), "{err}");
-        let err = parse(&format!("port_base = 80\n{GARAGE}"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("key `port_base`"), "{err}");
-    }
-
-    #[test]
-    fn inexact_version_is_rejected() {
-        let err = parse(&GARAGE.replace("\"2.5.0\"", "\"2.5\""))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("key `garage.version`"), "{err}");
-    }
-
-    #[test]
-    fn generic_keys_in_a_garage_profile_are_rejected() {
-        let err = parse(&format!("{GARAGE}\n[hooks]\nbootstrap = []\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("key `hooks`"), "{err}");
-    }
-
-    #[test]
-    fn generic_health_needs_exactly_one_probe() {
-        let text = r#"
-name = "x"
-kind = "generic"
-[s3]
-endpoints = ["http://127.0.0.1:{n1.port.s3}"]
-[[roles]]
-name = "n"
-count = 1
-command = ["true"]
-health = { tcp = "127.0.0.1:1", http = "http://127.0.0.1:1/" }
-"#;
-        let err = parse(text).unwrap_err().to_string();
-        assert!(
-            err.contains("key `roles[0].health`: expected exactly one of http, tcp, command"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn a_tolerance_must_say_its_time_bound() {
-        let rule = |bound: &str| {
-            format!(
-                "{GARAGE}\n[[oracle.tolerate]]\nclass = \"list-ghost\"\n{bound}reason = \"r\"\n"
-            )
-        };
-        let err = parse(&rule("")).unwrap_err().to_string();
-        assert!(
-            err.contains("key `oracle.tolerate[0].within_ms`: expected a bound in milliseconds"),
-            "{err}"
-        );
-        let p = parse(&rule("within_ms = 2000\nduring_fault = true\n")).unwrap();
-        let t = &p.oracle.tolerate[0];
-        assert_eq!(t.within_ms, Some(Bound::Ms(2000)));
-        assert!(t.during_fault && !t.final_reads);
-        assert_eq!(
-            t.bounds(),
-            "within 2.0 s, of a write acknowledged during a fault"
-        );
-        let p = parse(&rule("within_ms = \"none\"\n")).unwrap();
-        assert_eq!(p.oracle.tolerate[0].within_ms, Some(Bound::None));
-        let err = parse(&rule("within_ms = \"forever\"\n"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("expected a bound in milliseconds or \"none\""),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn shipped_profiles_parse() {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
-        let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_some_and(|e| e == "toml") {
-                Profile::load(&path).unwrap_or_else(|e| panic!("{e}"));
-                seen += 1;
-            }
-        }
-        assert!(
-            seen >= 3,
-            "expected garage-3, garage-5 and the generic example, saw {seen}"
-        );
-    }
 }
