@@ -1506,7 +1506,23 @@ impl Oracle {
             return false;
         };
         expected_range(spec, total) == Some((first, last))
-            && self.slice_sha(kh, g, total, first, last + 1) == sha
+            && self.holds_claimed_slice(kh, g, total, (first, last), sha)
+    }
+
+    /// Are `sha`'s bytes the slice `first..=last` a Range answer claims, of
+    /// generation `g` of `size` bytes (the claim cut at the object's end)?
+    /// Whether the claim is the one the request asked for is the caller's
+    /// question.
+    fn holds_claimed_slice(
+        &self,
+        kh: &KeyHist,
+        g: u64,
+        size: u64,
+        (first, last): (u64, u64),
+        sha: [u8; 32],
+    ) -> bool {
+        let end = last.saturating_add(1).min(size);
+        first <= end && self.slice_sha(kh, g, size, first, end) == sha
     }
 
     fn slice_sha(
@@ -1816,10 +1832,8 @@ impl Oracle {
             ..
         } = *seen
             && allowed.present().any(|w| {
-                let end = last.saturating_add(1).min(w.size);
                 w.size == total
-                    && first <= end
-                    && self.slice_sha(kh, w.generation, w.size, first, end) == sha
+                    && self.holds_claimed_slice(kh, w.generation, w.size, (first, last), sha)
             })
         {
             let want = expected_range(spec, total)
