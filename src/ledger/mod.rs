@@ -872,24 +872,6 @@ impl LedgerReader {
         Ok(())
     }
 
-    /// Operations matching a `WHERE` clause over `ops`, in id order.
-    pub fn ops_where(
-        &self,
-        condition: &str,
-        args: impl rusqlite::Params,
-    ) -> Result<Vec<OpRecord>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT {OP_COLUMNS} FROM ops WHERE {condition} ORDER BY id"
-            ))
-            .map_err(sql_err(&self.path))?;
-        let rows = stmt
-            .query_map(args, op_from_row)
-            .map_err(sql_err(&self.path))?;
-        rows.collect::<Result<_, _>>().map_err(sql_err(&self.path))
-    }
-
     /// Every fault window, in id order.
     pub fn faults(&self) -> Result<Vec<FaultRecord>, LedgerError> {
         let mut stmt = self

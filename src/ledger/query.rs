@@ -102,56 +102,59 @@ impl FaultCoverage {
 }
 
 impl LedgerReader {
+    /// The rows `sql` selects, each read by `row`.
+    fn rows<T>(
+        &self,
+        sql: &str,
+        params: impl rusqlite::Params,
+        row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, LedgerError> {
+        let mut stmt = self.conn.prepare(sql).map_err(sql_err(&self.path))?;
+        stmt.query_map(params, row)
+            .and_then(|rows| rows.collect())
+            .map_err(sql_err(&self.path))
+    }
+
     /// Every `run_meta` entry.
     pub fn meta_all(&self) -> Result<BTreeMap<String, String>, LedgerError> {
-        let err = sql_err(&self.path);
-        let mut stmt = self
-            .conn
-            .prepare("SELECT key, value FROM run_meta")
-            .map_err(sql_err(&self.path))?;
-        let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .and_then(|rows| rows.collect::<Result<BTreeMap<_, _>, _>>())
-            .map_err(err)?;
-        Ok(rows)
+        let rows = self.rows("SELECT key, value FROM run_meta", [], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        Ok(rows.into_iter().collect())
     }
 
     /// Operations per (kind, outcome), over the whole run.
     pub fn op_counts(&self) -> Result<Vec<(String, String, u64)>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, outcome, sum(ops) FROM ops_per_minute GROUP BY kind, outcome")
-            .map_err(sql_err(&self.path))?;
-        stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, i64>(2)? as u64,
-            ))
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(sql_err(&self.path))
+        self.rows(
+            "SELECT kind, outcome, sum(ops) FROM ops_per_minute GROUP BY kind, outcome",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            },
+        )
     }
 
     /// Per kind: (ops, p50, p90, p99, max) latency of successful
     /// operations, in ms.
     pub fn latency(&self) -> Result<Vec<Latency>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT kind, ops, p50_ms, p90_ms, p99_ms, max_ms FROM latency_percentiles")
-            .map_err(sql_err(&self.path))?;
-        stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)? as u64,
-                r.get::<_, f64>(2)?,
-                r.get::<_, f64>(3)?,
-                r.get::<_, f64>(4)?,
-                r.get::<_, f64>(5)?,
-            ))
-        })
-        .and_then(|rows| rows.collect())
-        .map_err(sql_err(&self.path))
+        self.rows(
+            "SELECT kind, ops, p50_ms, p90_ms, p99_ms, max_ms FROM latency_percentiles",
+            [],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, f64>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, f64>(4)?,
+                    r.get::<_, f64>(5)?,
+                ))
+            },
+        )
     }
 
     /// Throughput and latency over time, in at most `points_max` buckets.
@@ -177,16 +180,14 @@ impl LedgerReader {
     /// Every operation on `key` and every LIST page that listed it, in id
     /// order.
     pub fn ops_touching(&self, key: &str) -> Result<Vec<OpRecord>, LedgerError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
+        self.rows(
+            &format!(
                 "SELECT {OP_COLUMNS} FROM ops
                  WHERE key = ?1 OR (kind = 'list' AND detail LIKE '%' || ?2 || '%') ORDER BY id"
-            ))
-            .map_err(sql_err(&self.path))?;
-        stmt.query_map(rusqlite::params![key, format!("\"{key}\"")], op_from_row)
-            .and_then(|rows| rows.collect())
-            .map_err(sql_err(&self.path))
+            ),
+            rusqlite::params![key, format!("\"{key}\"")],
+            op_from_row,
+        )
     }
 
     /// Runs one of the user's read-only queries (`faultline query`): its
