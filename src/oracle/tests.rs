@@ -2,9 +2,15 @@
 //! Each row reads like the contract: writes with intervals and outcomes, a
 //! read with what it saw, and the findings expected.
 
+use std::ops::Bound;
+
+use super::hist::{Allowed, allowed_of};
+use super::keys::{cmp_run_key, run_key_range};
 use super::*;
 use crate::history::ListDetail;
 use crate::history::OpRecord;
+use crate::history::TraceDetail;
+use crate::history::body::{Body, slice_sha256};
 
 const SEED: u64 = 99;
 const PREFIX: &str = "run/";
