@@ -1194,7 +1194,7 @@ mod tests {
     #[test]
     fn a_soak_that_ran_out_of_spares_has_no_gap_a_gate_does() {
         let skipped = vec![(
-            FaultKind::Dead,
+            FaultKind::parse("dead").unwrap(),
             "storage".to_string(),
             "no spare of role storage left".to_string(),
         )];

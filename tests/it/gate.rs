@@ -24,7 +24,7 @@ fn gate_fires_every_fault_kind_confirms_undoes_and_recovers() {
     // in that order, the next one starting only after.
     let mut kinds: Vec<&str> = faults.iter().map(|f| f.0.as_str()).collect();
     kinds.sort();
-    let mut all: Vec<&str> = FaultKind::ALL.iter().map(|k| k.as_str()).collect();
+    let mut all: Vec<&str> = FaultKind::all().iter().map(|k| k.as_str()).collect();
     all.sort();
     assert_eq!(kinds, all, "{faults:#?}");
     let mut previous_recovery = 0;
