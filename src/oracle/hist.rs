@@ -3,10 +3,11 @@
 //! still names (`Past`), the history itself with its pruning (`KeyHist`),
 //! and the dense record a LIST page reads first (`Newest`).
 
+use std::collections::VecDeque;
+
 use super::prefetch::{prefetch, prefetch_raw};
 use super::{Contract, WitnessWrite};
 use crate::history::Outcome;
-use std::collections::VecDeque;
 
 /// A candidate write of one key.
 #[derive(Debug, Clone)]

@@ -2,10 +2,12 @@
 //! the hash index with its split lookup (`KeyIndex`), the ordered map's
 //! key (`OrdKey`) and the run's key range a LIST page covers.
 
-use super::prefetch::prefetch;
-use compact_str::CompactString;
 use std::cmp::Ordering;
 use std::ops::Bound;
+
+use compact_str::CompactString;
+
+use super::prefetch::prefetch;
 
 /// A key as the oracle files it. Every key the workload writes starts with
 /// the run's prefix, so it is kept without it (`w003/k00025`), short

@@ -1,6 +1,10 @@
 //! Judging a LIST page: every run key in its range, listed or not, against
 //! the allowed values, its order, bounds and continuation (oracle.md §5).
 
+use std::cmp::Ordering;
+
+use hashbrown::HashMap;
+
 use super::hist::{Past, Write};
 use super::keys::{KeyRef, OrdKey, cmp_run_key, run_key_range};
 use super::page::{self, PAGE_ENTRIES};
@@ -8,8 +12,6 @@ use super::prefetch::prefetch;
 use super::read::{is_late, late_text};
 use super::{Class, Contract, Finding, Oracle, WitnessWrite};
 use crate::history::OpRecord;
-use hashbrown::HashMap;
-use std::cmp::Ordering;
 
 impl Oracle {
     /// Checks one LIST page: its findings and how many keys it covered;
