@@ -78,7 +78,7 @@ CREATE TABLE ops_summary (
 );
 
 -- What retention folded away, as a fault window's coverage counted it
--- (see run::coverage): added to what the retained ops count.
+-- (see query::fault_coverage): added to what the retained ops count.
 CREATE TABLE fault_folded (
     fault_id         INTEGER PRIMARY KEY,
     ops_in_window    INTEGER NOT NULL,
@@ -276,7 +276,7 @@ fn summarize_doomed(tx: &Transaction<'_>) -> rusqlite::Result<()> {
              latency_max_ns = max(latency_max_ns, excluded.latency_max_ns)",
         [],
     )?;
-    // The same windows as `run::coverage::fault_coverage`: a fault's
+    // The same windows as `query::fault_coverage`: a fault's
     // window runs from its start to its recovery (or undo, or forever);
     // reads after it run from its recovery to the next fault's start.
     // Whatever is doomed is older than the recent window, so a fault
