@@ -104,27 +104,17 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
         Stdio::null(),
     );
     // Wait (bounded) until operations are being committed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ledger_path = loop {
-        assert!(
-            Instant::now() < deadline,
-            "no operations committed within 60 s"
-        );
-        std::thread::sleep(Duration::from_millis(500));
-        let Ok(entries) = std::fs::read_dir(&runs) else {
-            continue;
-        };
-        let Some(run) = entries.flatten().next() else {
-            continue;
-        };
-        let path = run.path().join("ledger.sqlite");
-        let committed = LedgerReader::open(&path)
-            .ok()
-            .and_then(|l| l.count("SELECT count(*) FROM ops").ok());
-        if committed.is_some_and(|n| n > 200) {
-            break path;
-        }
-    };
+    let ledger_path = until_ledger_shows(
+        &runs,
+        Duration::from_secs(60),
+        "200 committed operations",
+        |run, l| {
+            let committed = l.count("SELECT count(*) FROM ops").ok();
+            committed
+                .is_some_and(|n| n > 200)
+                .then(|| run.join("ledger.sqlite"))
+        },
+    );
     let pids = node_pids(ledger_path.parent().unwrap());
     let mut child = guard.0.take().expect("the guard holds the child");
     nix::sys::signal::kill(
@@ -153,7 +143,6 @@ fn a_ledger_reopens_after_the_runner_is_sigkilled_mid_run() {
 /// ledger shows the node stopped; returns the runner, the run directory
 /// and the stopped node's PID.
 fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
-    use faultline::ledger::LedgerReader;
     let mut guard = spawn_run(
         &[
             "gate",
@@ -171,30 +160,16 @@ fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
         runs,
         Stdio::null(),
     );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no confirmed stop-start within 90 s"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        let Some(run) = std::fs::read_dir(runs)
-            .ok()
-            .and_then(|mut e| e.next())
-            .and_then(Result::ok)
-            .map(|e| e.path())
-        else {
-            continue;
-        };
-        let Ok(ledger) = LedgerReader::open(&run.join("ledger.sqlite")) else {
-            continue;
-        };
-        // The schema is in place once the ledger opens (its version is set last).
-        let faults = ledger.faults().unwrap();
-        if let Some(f) = faults
-            .iter()
-            .find(|f| f.t_confirm_ns.is_some() && f.t_end_ns.is_none())
-        {
+    let (run, pid) = until_ledger_shows(
+        runs,
+        Duration::from_secs(90),
+        "a confirmed stop-start",
+        |run, ledger| {
+            // The schema is in place once the ledger opens (its version is set last).
+            let faults = ledger.faults().unwrap();
+            let f = faults
+                .iter()
+                .find(|f| f.t_confirm_ns.is_some() && f.t_end_ns.is_none())?;
             let state: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).unwrap())
                     .unwrap();
@@ -211,8 +186,42 @@ fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
                 "{} should be stopped",
                 f.target
             );
-            let child = guard.0.take().expect("the guard holds the child");
-            return (child, run, pid);
+            Some((run.to_path_buf(), pid))
+        },
+    );
+    let child = guard.0.take().expect("the guard holds the child");
+    (child, run, pid)
+}
+
+/// Polls the one run under `runs` until its ledger opens and `shows`
+/// finds what it waits for in it, for at most `within`.
+fn until_ledger_shows<T>(
+    runs: &Path,
+    within: Duration,
+    what: &str,
+    mut shows: impl FnMut(&Path, &faultline::ledger::LedgerReader) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {} s",
+            within.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(run) = std::fs::read_dir(runs)
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(Result::ok)
+            .map(|e| e.path())
+        else {
+            continue;
+        };
+        let Ok(ledger) = faultline::ledger::LedgerReader::open(&run.join("ledger.sqlite")) else {
+            continue;
+        };
+        if let Some(found) = shows(&run, &ledger) {
+            return found;
         }
     }
 }
