@@ -119,9 +119,9 @@ impl OracleMeta {
 }
 
 /// How a run ended.
-pub(super) struct Ended {
-    pub(super) verdict: RunVerdict,
-    pub(super) selftest: Option<SelftestOutcome>,
+struct Ended {
+    verdict: RunVerdict,
+    selftest: Option<SelftestOutcome>,
 }
 
 /// Boots the cluster, runs the workload (and faults) and judges the run.
@@ -198,10 +198,7 @@ pub async fn run(cfg: RunConfig, interrupts: &mut Interrupts) -> Result<u8, Erro
 /// run's ledger like any other operations, judged by the online check as
 /// usual; the run ends there with the finding (exit 1) and its reports.
 /// Booting stopped, so the cluster is gone already.
-pub(super) fn record_wrong_probe(
-    cfg: &RunConfig,
-    w: &crate::cluster::WrongProbe,
-) -> Result<u8, Error> {
+fn record_wrong_probe(cfg: &RunConfig, w: &crate::cluster::WrongProbe) -> Result<u8, Error> {
     crate::console::say(&format!("faultline: {w}"));
     let ledger_path = w.run_dir.join("ledger.sqlite");
     let oracle_meta = OracleMeta::for_workload(&cfg.profile.oracle, &cfg.profile.workload);
@@ -250,7 +247,7 @@ pub(super) fn record_wrong_probe(
 
 /// The binary `update` faults move to, installed if the profile names a
 /// version; `None` to restart each node on its own binary.
-pub(super) async fn update_binary(cfg: &RunConfig) -> Result<Option<PathBuf>, Error> {
+async fn update_binary(cfg: &RunConfig) -> Result<Option<PathBuf>, Error> {
     let Some(version) = &cfg.profile.faults.update_version else {
         return Ok(None);
     };
@@ -271,7 +268,7 @@ pub(super) async fn update_binary(cfg: &RunConfig) -> Result<Option<PathBuf>, Er
 }
 
 /// The facts `run_meta` records about a run.
-pub(super) fn run_meta(
+fn run_meta(
     cfg: &RunConfig,
     profile: &Profile,
     prefix: &str,
