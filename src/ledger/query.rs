@@ -10,7 +10,8 @@ use rusqlite::Connection;
 use rusqlite::types::ValueRef;
 use serde::Serialize;
 
-use super::{LedgerError, LedgerReader, OP_COLUMNS, op_from_row, sql_err};
+use super::reader::{OP_COLUMNS, op_from_row};
+use super::{LedgerError, LedgerReader, sql_err};
 use crate::history::OpRecord;
 
 /// Named queries for the common questions.
