@@ -59,7 +59,8 @@ pub fn for_cluster_error(e: &ClusterError) -> u8 {
         | ClusterError::Step { .. }
         | ClusterError::NotRecovered(_)
         | ClusterError::Supervisor(_)
-        | ClusterError::Io { .. } => INFRA,
+        | ClusterError::Io { .. }
+        | ClusterError::Net(_) => INFRA,
         ClusterError::WrongProbe(_) => FINDINGS,
     }
 }

@@ -11,6 +11,7 @@ pub mod exit;
 pub mod faults;
 pub mod history;
 pub mod ledger;
+pub mod net;
 pub mod online;
 pub mod oracle;
 pub mod profile;

@@ -628,6 +628,7 @@ mod tests {
             t_recovered_ns: recovered,
             recovery_ms: None,
             gate: None,
+            params: None,
         }
     }
 

@@ -188,6 +188,9 @@ impl Profile {
                 "an empty list".into(),
             ));
         }
+        if let Err(why) = f.kinds_for(self.cluster.nodes_in_service()) {
+            return Err(invalid("faults.kinds", "kinds this cluster can have", why));
+        }
         if let Some(v) = &f.update_version
             && !valid_version(v)
         {

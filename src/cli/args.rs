@@ -305,8 +305,10 @@ impl WorkloadArgs {
 #[derive(Debug, Args)]
 pub struct FaultArgs {
     /// Fault kinds to inject, e.g. kill-start,dead, or "none" [default: the
-    /// profile's, else all: kill-start, stop-start, restart, update,
-    /// rolling-update, offline, dead].
+    /// profile's, else every kind the cluster can have: kill-start,
+    /// stop-start, restart, update, rolling-update, offline, dead,
+    /// partition-node, partition-one-way, partition-halves,
+    /// partition-bridge, partition-ring (4 nodes or more)].
     #[arg(long)]
     pub faults: Option<String>,
     /// Clean workload between one fault's recovery and the next, e.g. 30s.
@@ -318,6 +320,9 @@ pub struct FaultArgs {
     /// How long a SIGSTOPped node stays stopped, e.g. 75s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub stop_hold: Option<Duration>,
+    /// How long a network partition stays in place, e.g. 75s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub net_hold: Option<Duration>,
     /// The version `update` faults move to (installed on first use).
     #[arg(long)]
     pub update_version: Option<String>,
@@ -337,6 +342,8 @@ impl FaultArgs {
                         "--faults: name at least one kind, or none".into(),
                     ));
                 }
+                f.kinds_for(profile.cluster.nodes_in_service())
+                    .map_err(|e| Error::Usage(format!("--faults: {e}")))?;
             }
             None => {}
         }
@@ -349,6 +356,9 @@ impl FaultArgs {
         }
         if let Some(d) = self.stop_hold {
             f.stop_hold_ms = ms(d);
+        }
+        if let Some(d) = self.net_hold {
+            f.net_hold_ms = ms(d);
         }
         if let Some(v) = &self.update_version {
             f.update_version = Some(v.clone());
@@ -366,6 +376,7 @@ impl FaultArgs {
             ("--fault-every", &self.fault_every),
             ("--hold", &self.hold),
             ("--stop-hold", &self.stop_hold),
+            ("--net-hold", &self.net_hold),
         ] {
             if let Some(v) = value {
                 out += &format!(" {flag} {}", d(v));

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write;
-use std::net::{IpAddr, TcpListener};
+use std::net::{IpAddr, Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use super::addrs::AddrLease;
 use super::journal::{CommandLog, last_line};
 use super::spec::{ClusterSpec, Kind, PortBase};
 use super::supervisor::Supervisor;
@@ -144,7 +145,17 @@ impl Cluster {
             &run_dir,
             vec![secret_access_key.clone(), secrets.rpc_secret.clone()],
         )?;
+        let lease_dir = AddrLease::default_dir();
+        let addrs = AddrLease::acquire(&lease_dir)?;
+        tracing::info!(block = %addrs.block(), "node addresses");
+        // Tables of runs killed mid-fault, this block's former owner's too.
+        let own = addrs.table_name();
+        let stale = |t: &str| t == own || AddrLease::table_is_stale(&lease_dir, t);
+        for t in crate::net::nft::sweep_stale(stale).await {
+            tracing::warn!(table = %t, "deleted the nftables table of a run that is gone");
+        }
         let ctx = Ctx {
+            addrs,
             run_dir: run_dir.clone(),
             profile_dir,
             sup: Supervisor::start().map_err(io_err(&run_dir))?,
@@ -203,6 +214,7 @@ impl Cluster {
             booted_in: Duration::ZERO,
             started,
             probes: AtomicU64::new(0),
+            links: None,
         };
         // On error, dropping `cluster` drops the supervisor, which kills
         // every process started so far.
@@ -460,7 +472,7 @@ pub(super) fn create_run_dir(runs_dir: &Path, seed: u64) -> Result<PathBuf, Clus
 /// free. `wanted[i]` lists node i's port names.
 pub(crate) fn allocate_ports(
     base: PortBase,
-    wanted: &[(String, Vec<String>)],
+    wanted: &[(String, Ipv4Addr, Vec<String>)],
 ) -> Result<Vec<BTreeMap<String, u16>>, ClusterError> {
     let mut out = Vec::with_capacity(wanted.len());
     match base {
@@ -468,17 +480,15 @@ pub(crate) fn allocate_ports(
             // Keep every listener open until all are chosen so no port is
             // handed out twice.
             let mut held = Vec::new();
-            for (node, names) in wanted {
+            for (node, ip, names) in wanted {
                 let mut ports = BTreeMap::new();
                 for name in names {
-                    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| ClusterError::Io {
-                        path: PathBuf::from(format!("127.0.0.1:0 (port {name} of {node})")),
+                    let what = PathBuf::from(format!("{ip}:0 (port {name} of {node})"));
+                    let l = TcpListener::bind((*ip, 0)).map_err(|e| ClusterError::Io {
+                        path: what.clone(),
                         source: e,
                     })?;
-                    let port = l
-                        .local_addr()
-                        .map_err(io_err(Path::new("127.0.0.1:0")))?
-                        .port();
+                    let port = l.local_addr().map_err(io_err(&what))?.port();
                     held.push(l);
                     ports.insert(name.clone(), port);
                 }
@@ -486,7 +496,7 @@ pub(crate) fn allocate_ports(
             }
         }
         PortBase::Fixed(base) => {
-            for (i, (node, names)) in wanted.iter().enumerate() {
+            for (i, (node, ip, names)) in wanted.iter().enumerate() {
                 let mut ports = BTreeMap::new();
                 for (j, name) in names.iter().enumerate() {
                     let port = u32::from(base) + 10 * i as u32 + j as u32;
@@ -495,7 +505,7 @@ pub(crate) fn allocate_ports(
                             "port_base {base} leaves no room for node {node}'s ports"
                         ))
                     })?;
-                    if TcpListener::bind(("127.0.0.1", port)).is_err() {
+                    if TcpListener::bind((*ip, port)).is_err() {
                         return Err(ClusterError::PortInUse {
                             port,
                             node: node.clone(),
@@ -569,11 +579,17 @@ mod tests {
 
     #[test]
     fn fixed_ports_follow_the_base_and_report_a_taken_one() {
-        let wanted = vec![("n1".to_string(), vec!["s3".to_string(), "rpc".to_string()])];
+        let ip = Ipv4Addr::new(127, 100, 0, 1);
+        let wanted = vec![(
+            "n1".to_string(),
+            ip,
+            vec!["s3".to_string(), "rpc".to_string()],
+        )];
         // The port below the held one is the s3 port; another process (a
-        // test running beside this one) may hold it too, so try a few.
+        // test running beside this one) may hold it too, so try a few. A
+        // port held on every address is taken on the node's too.
         for _ in 0..20 {
-            let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+            let holder = TcpListener::bind("0.0.0.0:0").unwrap();
             let taken = holder.local_addr().unwrap().port();
             match allocate_ports(PortBase::Fixed(taken - 1), &wanted).unwrap_err() {
                 ClusterError::PortInUse {
@@ -594,7 +610,14 @@ mod tests {
     #[test]
     fn auto_ports_are_distinct() {
         let wanted: Vec<_> = (0..5)
-            .map(|i| (format!("n{i}"), vec!["a".into(), "b".into(), "c".into()]))
+            .map(|i| {
+                let ip = Ipv4Addr::new(127, 100, 0, 1 + i as u8);
+                (
+                    format!("n{i}"),
+                    ip,
+                    vec!["a".into(), "b".into(), "c".into()],
+                )
+            })
             .collect();
         let ports = allocate_ports(PortBase::Auto, &wanted).unwrap();
         let all: std::collections::BTreeSet<u16> =

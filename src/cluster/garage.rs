@@ -8,6 +8,7 @@
 //! node's S3 endpoint lazily, so boot probes every endpoint.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 use super::spec::{ClusterSpec, GarageSection};
@@ -56,17 +57,18 @@ impl Garage {
             .expect("a validated garage profile has a [garage] table");
         let bin = bin.expect("a garage profile always resolves a binary");
         let total = settings.nodes + settings.spares;
-        let wanted: Vec<(String, Vec<String>)> = (1..=total)
+        let wanted: Vec<(String, Ipv4Addr, Vec<String>)> = (1..=total)
             .map(|i| {
                 (
                     format!("n{i}"),
+                    ctx.addrs.ip(i as usize - 1),
                     PORTS.iter().map(|p| p.to_string()).collect(),
                 )
             })
             .collect();
         let ports = allocate_ports(profile.port_base, &wanted)?;
         let mut nodes = Vec::new();
-        for (i, ((name, _), ports)) in wanted.into_iter().zip(ports).enumerate() {
+        for (i, ((name, ip, _), ports)) in wanted.into_iter().zip(ports).enumerate() {
             let dir = ctx.run_dir.join("nodes").join(&name);
             let meta = dir.join("meta");
             let data = dir.join("data");
@@ -76,7 +78,7 @@ impl Garage {
             let config = dir.join("garage.toml");
             write_file(
                 &config,
-                &render_config(&settings, &secrets, &profile.s3.region, &dir, &ports),
+                &render_config(&settings, &secrets, &profile.s3.region, &dir, ip, &ports),
             )?;
             nodes.push(Node {
                 name,
@@ -86,7 +88,8 @@ impl Garage {
                 program: bin.clone(),
                 args: vec!["-c".into(), config.display().to_string(), "server".into()],
                 env: vec![("RUST_LOG".into(), settings.log_filter.clone())],
-                s3_endpoint: Some(format!("http://127.0.0.1:{}", ports["s3"])),
+                s3_endpoint: Some(format!("http://{ip}:{}", ports["s3"])),
+                ip,
                 ports,
                 data_dirs: vec![meta, data],
                 dir,
@@ -315,7 +318,7 @@ impl Garage {
             .iter()
             .map(|n| super::MetricsTarget {
                 node: n.name.clone(),
-                url: format!("http://127.0.0.1:{}/metrics", n.ports["admin"]),
+                url: format!("http://{}:{}/metrics", n.ip, n.ports["admin"]),
                 token: self.secrets.metrics_token.clone(),
             })
             .collect()
@@ -347,7 +350,7 @@ impl Garage {
     }
 
     async fn gate_node(&self, ctx: &Ctx, node: &Node) -> Vec<Unmet> {
-        let admin = format!("http://127.0.0.1:{}", node.ports["admin"]);
+        let admin = format!("http://{}:{}", node.ip, node.ports["admin"]);
         let mut unmet = Vec::new();
         let health = async {
             let text = admin_get(
@@ -404,6 +407,63 @@ impl Garage {
     }
 }
 
+impl Garage {
+    /// Which peers each node reports down (`GetClusterStatus`, asked of
+    /// the node itself), by node name; or why it did not answer.
+    pub async fn peers_down(
+        &self,
+        ctx: &Ctx,
+        asked: &[&Node],
+        all: &[Node],
+    ) -> BTreeMap<String, Result<Vec<String>, String>> {
+        let ask = asked.iter().map(|node| async move {
+            let url = format!(
+                "http://{}:{}/v2/GetClusterStatus",
+                node.ip, node.ports["admin"]
+            );
+            let answer = admin_get(ctx, &url, &self.secrets.admin_token)
+                .await
+                .and_then(|text| {
+                    let v: serde_json::Value = serde_json::from_str(&text)
+                        .map_err(|e| format!("bad JSON ({e}): {text}"))?;
+                    let peers = v["nodes"].as_array().cloned().unwrap_or_default();
+                    Ok(peers
+                        .iter()
+                        .filter(|p| p["isUp"] == serde_json::Value::Bool(false))
+                        .filter_map(|p| self.name_of(p, all))
+                        .collect())
+                });
+            (node.name.clone(), answer)
+        });
+        futures::future::join_all(ask).await.into_iter().collect()
+    }
+}
+
+impl Garage {
+    /// The active node a `GetClusterStatus` entry is about: by its id (a
+    /// node that is down may have no address there), else its address.
+    fn name_of(&self, peer: &serde_json::Value, all: &[Node]) -> Option<String> {
+        let id = peer["id"].as_str().unwrap_or_default();
+        let by_id = self
+            .node_ids
+            .iter()
+            .find(|(_, v)| !id.is_empty() && v.split('@').next() == Some(id))
+            .map(|(name, _)| name.clone());
+        let by_addr = || {
+            let ip = peer["addr"]
+                .as_str()?
+                .rsplit_once(':')?
+                .0
+                .parse::<Ipv4Addr>()
+                .ok()?;
+            all.iter().find(|n| n.ip == ip).map(|n| n.name.clone())
+        };
+        by_id
+            .or_else(by_addr)
+            .filter(|name| all.iter().any(|n| &n.name == name && n.is_active()))
+    }
+}
+
 /// GETs an admin-API URL with a bearer token; the body, or why not.
 async fn admin_get(ctx: &Ctx, url: &str, token: &str) -> Result<String, String> {
     let resp = ctx
@@ -427,6 +487,7 @@ fn render_config(
     secrets: &Secrets,
     region: &str,
     dir: &std::path::Path,
+    ip: Ipv4Addr,
     ports: &BTreeMap<String, u16>,
 ) -> String {
     format!(
@@ -439,16 +500,19 @@ consistency_mode = "{cm}"
 block_size = {bs}
 metadata_fsync = {mf}
 data_fsync = {df}
-rpc_bind_addr = "127.0.0.1:{rpc}"
-rpc_public_addr = "127.0.0.1:{rpc}"
+rpc_bind_addr = "{ip}:{rpc}"
+rpc_public_addr = "{ip}:{rpc}"
+# Outgoing RPC leaves from this node's own address too, so rules that
+# name the pair of addresses cut or slow exactly one link.
+rpc_bind_outgoing = true
 rpc_secret = "{secret}"
 
 [s3_api]
-api_bind_addr = "127.0.0.1:{s3}"
+api_bind_addr = "{ip}:{s3}"
 s3_region = "{region}"
 
 [admin]
-api_bind_addr = "127.0.0.1:{admin}"
+api_bind_addr = "{ip}:{admin}"
 admin_token = "{admin_token}"
 metrics_token = "{metrics_token}"
 "#,
@@ -460,6 +524,7 @@ metrics_token = "{metrics_token}"
         mf = g.metadata_fsync,
         df = g.data_fsync,
         rpc = ports["rpc"],
+        ip = ip,
         s3 = ports["s3"],
         admin = ports["admin"],
         secret = secrets.rpc_secret,
@@ -521,13 +586,16 @@ mod tests {
             &secrets,
             "garage",
             std::path::Path::new("/r/n1"),
+            Ipv4Addr::new(127, 100, 7, 1),
             &ports,
         );
         let parsed: toml::Table = toml::from_str(&text).unwrap();
-        assert_eq!(parsed["rpc_bind_addr"].as_str(), Some("127.0.0.1:2"));
+        assert_eq!(parsed["rpc_bind_addr"].as_str(), Some("127.100.7.1:2"));
+        assert_eq!(parsed["rpc_public_addr"].as_str(), Some("127.100.7.1:2"));
+        assert_eq!(parsed["rpc_bind_outgoing"].as_bool(), Some(true));
         assert_eq!(
             parsed["s3_api"]["api_bind_addr"].as_str(),
-            Some("127.0.0.1:1")
+            Some("127.100.7.1:1")
         );
         assert_eq!(
             parsed["rpc_secret"].as_str(),

@@ -14,6 +14,7 @@
 //! come after its `count` nodes.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -70,19 +71,22 @@ impl Generic {
                 layout.push((r, i, i > role.count));
             }
         }
-        let wanted: Vec<(String, Vec<String>)> = layout
+        let wanted: Vec<(String, Ipv4Addr, Vec<String>)> = layout
             .iter()
-            .map(|&(r, i, _)| {
+            .enumerate()
+            .map(|(n, &(r, i, _))| {
                 (
                     format!("{}{i}", profile.roles[r].name),
+                    ctx.addrs.ip(n),
                     profile.roles[r].ports.clone(),
                 )
             })
             .collect();
         let ports = allocate_ports(profile.port_base, &wanted)?;
-        for ((name, _), ports) in wanted.iter().zip(&ports) {
+        for ((name, ip, _), ports) in wanted.iter().zip(&ports) {
             let dir = ctx.run_dir.join("nodes").join(name);
             global.set(format!("{name}.dir"), dir.display().to_string());
+            global.set(format!("{name}.ip"), ip.to_string());
             for (p, port) in ports {
                 global.set(format!("{name}.port.{p}"), port.to_string());
             }
@@ -90,7 +94,7 @@ impl Generic {
 
         let mut nodes = Vec::new();
         let mut health = BTreeMap::new();
-        for ((&(r, i, spare), (name, _)), ports) in layout.iter().zip(&wanted).zip(ports) {
+        for ((&(r, i, spare), (name, ip, _)), ports) in layout.iter().zip(&wanted).zip(ports) {
             let role = &profile.roles[r];
             let dir = ctx.run_dir.join("nodes").join(name);
             let mut local = Vars::default();
@@ -98,6 +102,7 @@ impl Generic {
             local.set("role", &role.name);
             local.set("index", i.to_string());
             local.set("dir", dir.display().to_string());
+            local.set("ip", ip.to_string());
             for (p, port) in &ports {
                 local.set(format!("port.{p}"), port.to_string());
             }
@@ -143,6 +148,7 @@ impl Generic {
                 args: argv[1..].to_vec(),
                 env,
                 s3_endpoint: None,
+                ip: *ip,
                 ports,
                 data_dirs,
                 dir,
@@ -154,15 +160,19 @@ impl Generic {
 
         let endpoints = global.render_all(&profile.s3.endpoints, "s3.endpoints")?;
         for ep in &endpoints {
-            let port = reqwest::Url::parse(ep)
-                .map_err(|e| {
-                    ClusterError::Config(format!("s3.endpoints: {ep} is not a URL ({e})"))
-                })?
-                .port_or_known_default();
-            if let Some(node) = nodes
-                .iter_mut()
-                .find(|n| port.is_some_and(|p| n.ports.values().any(|&q| q == p)))
-            {
+            let url = reqwest::Url::parse(ep).map_err(|e| {
+                ClusterError::Config(format!("s3.endpoints: {ep} is not a URL ({e})"))
+            })?;
+            let port = url.port_or_known_default();
+            let host = url.host_str().and_then(|h| h.parse::<Ipv4Addr>().ok());
+            let serves = |n: &Node| port.is_some_and(|p| n.ports.values().any(|&q| q == p));
+            // The node at that address, else (an endpoint named by
+            // 127.0.0.1 or a name) the node with that port.
+            let at = nodes
+                .iter()
+                .position(|n| serves(n) && host == Some(n.ip))
+                .or_else(|| nodes.iter().position(serves));
+            if let Some(node) = at.map(|i| &mut nodes[i]) {
                 node.s3_endpoint = Some(ep.clone());
             }
         }

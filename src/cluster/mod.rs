@@ -18,11 +18,13 @@
 //! `garage.rs` and `generic.rs` are the two flavors, `spec.rs` the
 //! profile's cluster half, `supervisor.rs` the owner of every child.
 
+pub mod addrs;
 mod boot;
 pub mod garage;
 mod gate;
 pub mod generic;
 mod journal;
+mod links;
 mod nodes;
 pub mod provision;
 pub mod spec;
@@ -30,6 +32,7 @@ pub mod supervisor;
 pub mod template;
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
@@ -89,6 +92,9 @@ pub enum ClusterError {
     WrongProbe(Box<WrongProbe>),
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    /// An nftables rule that could not be applied or removed.
+    #[error("network rules: {0}")]
+    Net(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,
@@ -134,6 +140,9 @@ pub struct Node {
     pub args: Vec<String>,
     #[serde(skip)]
     pub env: Vec<(String, String)>,
+    /// Its own loopback address, which it listens on and (where the
+    /// store can) sends from: what network faults name it by.
+    pub ip: Ipv4Addr,
     pub ports: BTreeMap<String, u16>,
     /// This node's own S3 endpoint, if it serves S3.
     pub s3_endpoint: Option<String>,
@@ -152,6 +161,8 @@ impl Node {
 
 /// Options every caller of the S3 probes and the gate share.
 pub struct Ctx {
+    /// The run's block of node addresses, leased for its life.
+    pub addrs: addrs::AddrLease,
     pub run_dir: PathBuf,
     pub profile_dir: PathBuf,
     pub sup: Supervisor,
@@ -206,6 +217,8 @@ pub struct Cluster {
     started: Instant,
     /// Probes written so far: each writes the next generation of its key.
     probes: AtomicU64,
+    /// The run's nftables table, once a network fault made it.
+    links: Option<crate::net::NftTable>,
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), ClusterError> {

@@ -52,6 +52,16 @@ pub struct ClusterSpec {
     pub timeouts: Timeouts,
 }
 
+impl ClusterSpec {
+    /// Nodes in service at boot, all roles together (spares left out).
+    pub fn nodes_in_service(&self) -> usize {
+        match &self.garage {
+            Some(g) => g.nodes as usize,
+            None => self.roles.iter().map(|r| r.count as usize).sum(),
+        }
+    }
+}
+
 /// A value written either as a number of type `T` or as one keyword
 /// (`None`), with `expected` in the error for anything else.
 pub(crate) fn int_or_keyword<'de, D: serde::Deserializer<'de>, T: TryFrom<i64>>(

@@ -170,6 +170,17 @@ impl Injector {
         stop: &mut watch::Receiver<bool>,
     ) -> Result<Option<Injected>, FaultError> {
         let kind = planned.kind;
+        let in_service = cluster.active_nodes(None).len();
+        if in_service < kind.min_nodes() {
+            self.skip(
+                planned,
+                format!(
+                    "needs at least {} nodes in service, the cluster has {in_service}",
+                    kind.min_nodes()
+                ),
+            );
+            return Ok(None);
+        }
         let chosen = (kind.spec().choose)(
             planned,
             &mut Choose {
@@ -198,6 +209,7 @@ impl Injector {
             t_recovered_ns: None,
             recovery_ms: None,
             gate: None,
+            params: params_text(fault.params()),
         };
         self.next_id += 1;
         // Journaled before it is applied, so a fault is never unrecorded.
@@ -216,7 +228,12 @@ impl Injector {
             gates: Vec::new(),
             endpoint_change: None,
         };
-        fault.apply(&mut step).await?;
+        let applied = fault.apply(&mut step).await;
+        step.record.params = params_text(fault.params());
+        if let Err(e) = applied {
+            step.injector.send(step.record);
+            return Err(e);
+        }
         if step.record.t_confirm_ns.is_none() {
             return Err(step.not_confirmed("no observation confirmed it".into()));
         }
@@ -233,6 +250,7 @@ impl Injector {
             ..
         } = step;
         record.target = fault.target();
+        record.params = params_text(fault.params());
         record.t_end_ns = Some(self.ns());
         self.send(&record);
         self.set_phase(kind, &target, Phase::Recovering);
@@ -282,6 +300,10 @@ impl Injector {
     }
 }
 
+fn params_text(v: serde_json::Value) -> Option<String> {
+    (!v.is_null()).then(|| v.to_string())
+}
+
 /// What a fault sees of the injector while it is applied and undone.
 pub struct Step<'a> {
     pub cluster: &'a mut Cluster,
@@ -303,6 +325,11 @@ impl Step<'_> {
             self.record.t_confirm_ns = Some(self.injector.ns());
             self.injector.send(self.record);
         }
+    }
+
+    /// The fault as logs and errors name it: `#3 partition-node on n2 isolated`.
+    pub fn label(&self) -> &str {
+        self.label
     }
 
     /// Shows `phase` on `target` (a part of the fault's target) in the

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use crate::cluster::{Cluster, ClusterError, GateFailure};
 
 mod injector;
+mod network;
 mod plan;
 mod process;
 
@@ -35,7 +36,7 @@ pub use injector::{FaultStatus, Injected, Injector, Phase, Step};
 pub use plan::{Planned, SoakPlan, gate_plan};
 
 /// The fault families, in the order `--faults` lists their kinds.
-const FAMILIES: &[&[KindSpec]] = &[process::KINDS];
+const FAMILIES: &[&[KindSpec]] = &[process::KINDS, network::KINDS];
 
 /// Every kind of every family, in `FAMILIES` order.
 static KINDS: LazyLock<Vec<&'static KindSpec>> =
@@ -45,6 +46,9 @@ static KINDS: LazyLock<Vec<&'static KindSpec>> =
 pub struct KindSpec {
     /// As `--faults`, the profile's `kinds` and the ledger name it.
     pub name: &'static str,
+    /// The fewest nodes in service (all roles) the kind's shape needs: a
+    /// profile with fewer cannot have it (halves of 2 nodes).
+    pub min_nodes: usize,
     /// Chooses the fault's targets on the cluster and makes it, or says
     /// why the plan's fault cannot be injected here (no node of the role
     /// in service, no spare left).
@@ -70,6 +74,11 @@ impl FaultKind {
 
     pub fn as_str(self) -> &'static str {
         self.spec().name
+    }
+
+    /// The fewest nodes in service the kind needs.
+    pub fn min_nodes(self) -> usize {
+        self.spec().min_nodes
     }
 
     pub fn parse(s: &str) -> Option<FaultKind> {
@@ -134,6 +143,11 @@ pub trait Fault: std::fmt::Debug {
     /// What the ledger names as its target; read again after `undo`,
     /// which may change it (a dead node's replacement).
     fn target(&self) -> String;
+    /// Its parameters and what was observed of it, for the ledger's
+    /// `faults.params` (JSON); read after `apply` and after `undo`.
+    fn params(&self) -> serde_json::Value {
+        serde_json::Value::Null
+    }
     /// Applies the fault and calls `Step::confirmed` once an observation
     /// shows it took effect; an `apply` that returns without confirming
     /// fails the fault.
@@ -159,6 +173,8 @@ pub struct FaultSettings {
     /// How long a SIGSTOPped node stays stopped: long enough for its
     /// peers to mark it down.
     pub stop_hold_ms: u64,
+    /// How long a network partition stays in place.
+    pub net_hold_ms: u64,
     /// The version `update` moves to (installed like the main binary);
     /// absent: the version already running.
     pub update_version: Option<String>,
@@ -176,6 +192,10 @@ impl Default for FaultSettings {
             // Garage marks a silent peer down after more than 4 missed
             // pings, 15 s apart (shared/design/garage.md).
             stop_hold_ms: 75_000,
+            // Long enough for the store to notice: Garage pings a peer
+            // every 15 s with a 10 s timeout and drops the connection at
+            // the fifth failure, measured here 79 s into an isolation.
+            net_hold_ms: 110_000,
             update_version: None,
             role_weights: BTreeMap::new(),
         }
@@ -183,6 +203,24 @@ impl Default for FaultSettings {
 }
 
 impl FaultSettings {
+    /// The kinds a plan draws from on a cluster of `nodes` in service. The
+    /// default, every kind, leaves out the shapes such a cluster cannot
+    /// have (a ring on 3 nodes); a list that names one is an error.
+    pub fn kinds_for(&self, nodes: usize) -> Result<Vec<FaultKind>, String> {
+        let fits = |k: &FaultKind| k.min_nodes() <= nodes;
+        if self.kinds == FaultKind::all() {
+            return Ok(self.kinds.iter().copied().filter(fits).collect());
+        }
+        match self.kinds.iter().find(|k| !fits(k)) {
+            Some(k) => Err(format!(
+                "{} needs at least {} nodes in service, the cluster has {nodes}",
+                k.as_str(),
+                k.min_nodes()
+            )),
+            None => Ok(self.kinds.clone()),
+        }
+    }
+
     pub fn weight(&self, role: &str) -> u32 {
         self.role_weights.get(role).copied().unwrap_or(1)
     }
@@ -218,6 +256,25 @@ mod tests {
             err.contains("explode") && err.contains("stop-start"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_shape_the_cluster_cannot_have_is_left_out_of_the_default_and_refused_when_named() {
+        let all = FaultSettings::default();
+        let on3 = all.kinds_for(3).unwrap();
+        assert!(on3.contains(&FaultKind::parse("partition-halves").unwrap()));
+        assert!(!on3.contains(&FaultKind::parse("partition-ring").unwrap()));
+        assert_eq!(all.kinds_for(5).unwrap(), FaultKind::all());
+        let halves = FaultSettings {
+            kinds: FaultKind::parse_list("kill-start,partition-halves").unwrap(),
+            ..FaultSettings::default()
+        };
+        let err = halves.kinds_for(2).unwrap_err();
+        assert!(
+            err.contains("partition-halves needs at least 3 nodes"),
+            "{err}"
+        );
+        assert_eq!(halves.kinds_for(3).unwrap().len(), 2);
     }
 
     #[test]

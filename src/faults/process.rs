@@ -18,26 +18,31 @@ pub(super) const KINDS: &[KindSpec] = &[
     // SIGKILL, then start on the same data.
     KindSpec {
         name: "kill-start",
+        min_nodes: 1,
         choose: |p, cx| down(p, cx, How::Kill),
     },
     // SIGSTOP long enough for peers to notice, then SIGCONT.
     KindSpec {
         name: "stop-start",
+        min_nodes: 1,
         choose: |p, cx| down(p, cx, How::Pause),
     },
     // Graceful stop and start.
     KindSpec {
         name: "restart",
+        min_nodes: 1,
         choose: |p, cx| restart(p, cx, false),
     },
     // Graceful stop, start on another binary (by default the same version).
     KindSpec {
         name: "update",
+        min_nodes: 1,
         choose: |p, cx| restart(p, cx, true),
     },
     // `update` on every node of a role in turn, gated between nodes.
     KindSpec {
         name: "rolling-update",
+        min_nodes: 1,
         choose: |p, cx| {
             let (_, nodes) = pick(p, cx)?;
             Ok(Box::new(Restart {
@@ -50,11 +55,13 @@ pub(super) const KINDS: &[KindSpec] = &[
     // Stopped for a while, then back.
     KindSpec {
         name: "offline",
+        min_nodes: 1,
         choose: |p, cx| down(p, cx, How::Stop),
     },
     // Killed, data wiped, replaced by a spare from the pool.
     KindSpec {
         name: "dead",
+        min_nodes: 1,
         choose: |p, cx| {
             let (node, _) = pick(p, cx)?;
             if !cx.cluster.can_replace() {

@@ -363,6 +363,9 @@ pub struct FaultRecord {
     pub t_recovered_ns: Option<u64>,
     pub recovery_ms: Option<u64>,
     pub gate: Option<String>,
+    /// The fault's parameters and what was observed of it (JSON): a
+    /// partition's cut pairs, rules and probes.
+    pub params: Option<String>,
 }
 
 /// One violation the oracle found, with its witness (JSON).

@@ -42,11 +42,12 @@ use writer::{close, gather, write_loop};
 pub use reader::LedgerReader;
 pub use retention::{Pruned, Retention};
 
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 /// The oldest schema this faultline still reads: version 4 only added
 /// `fault_folded`, which readers treat as empty when absent, version 5
 /// `finding_writes`, which only the writer's retention reads, and version
-/// 6 the findings' `rule`, `since_ack_ns` and `final`, read as NULL before.
+/// 6 the findings' `rule`, `since_ack_ns` and `final`, read as NULL before,
+/// version 7 the faults' `params`, read as NULL before.
 pub const SCHEMA_VERSION_READ_FROM: i64 = 3;
 
 /// Records queued for the writer before producers wait.
@@ -133,7 +134,8 @@ CREATE TABLE faults (
     t_end_ns      INTEGER,
     t_recovered_ns INTEGER,
     recovery_ms   INTEGER,
-    gate          TEXT               -- JSON: gate details
+    gate          TEXT,              -- JSON: gate details
+    params        TEXT               -- JSON: parameters and observations (a partition's cut pairs, rules, probes)
 );
 
 CREATE TABLE findings (

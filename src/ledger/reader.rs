@@ -100,12 +100,16 @@ impl LedgerReader {
 
     /// Every fault window, in id order.
     pub fn faults(&self) -> Result<Vec<FaultRecord>, LedgerError> {
+        let params = match self.version()? >= 7 {
+            true => "params",
+            false => "NULL",
+        };
         let mut stmt = self
             .conn
-            .prepare(
-                "SELECT id, kind, target, t_start_ns, t_confirm_ns, t_end_ns, t_recovered_ns, recovery_ms, gate
-                 FROM faults ORDER BY id",
-            )
+            .prepare(&format!(
+                "SELECT id, kind, target, t_start_ns, t_confirm_ns, t_end_ns, t_recovered_ns, recovery_ms, gate, {params}
+                 FROM faults ORDER BY id"
+            ))
             .map_err(sql_err(&self.path))?;
         let rows = stmt
             .query_map([], |r| {
@@ -122,6 +126,7 @@ impl LedgerReader {
                     t_recovered_ns: opt(6)?,
                     recovery_ms: opt(7)?,
                     gate: r.get(8)?,
+                    params: r.get(9)?,
                 })
             })
             .map_err(sql_err(&self.path))?;

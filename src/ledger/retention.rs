@@ -447,6 +447,7 @@ mod tests {
                     t_recovered_ns: Some(recovered * S),
                     recovery_ms: Some((recovered - end) * 1000),
                     gate: None,
+                    params: None,
                 })))
                 .unwrap();
         }

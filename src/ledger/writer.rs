@@ -287,8 +287,8 @@ pub(super) fn write_record(
         Record::Fault(f) => {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR REPLACE INTO faults (id, kind, target, t_start_ns, t_confirm_ns, t_end_ns,
-                                                t_recovered_ns, recovery_ms, gate)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                                t_recovered_ns, recovery_ms, gate, params)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )?;
             stmt.execute(params![
                 f.id as i64,
@@ -300,6 +300,7 @@ pub(super) fn write_record(
                 f.t_recovered_ns.map(|t| t as i64),
                 f.recovery_ms.map(|t| t as i64),
                 f.gate,
+                f.params,
             ])?;
         }
         Record::Finding(x) => {

@@ -67,6 +67,7 @@ fn ledger(dir: &Path) -> std::path::PathBuf {
             t_recovered_ns: Some(15 * S),
             recovery_ms: Some(2_000),
             gate: None,
+            params: None,
         })))
         .unwrap();
     let witness = serde_json::json!({

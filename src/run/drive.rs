@@ -108,11 +108,15 @@ pub(super) async fn drive(
     );
     let fault_status = injector.status();
     let roles = cluster.roles();
+    let mut fault_settings = cfg.profile.faults.clone();
+    fault_settings.kinds = fault_settings
+        .kinds_for(cluster.active_nodes(None).len())
+        .map_err(|e| Error::Usage(format!("faults: {e}")))?;
     let plan: Vec<Planned> = match cfg.faults {
         FaultMode::Off => Vec::new(),
-        FaultMode::Gate => gate_plan(seed, &cfg.profile.faults.kinds, &roles),
+        FaultMode::Gate => gate_plan(seed, &fault_settings.kinds, &roles),
         // Enough for any duration: one fault takes at least the interval.
-        FaultMode::Soak => SoakPlan::new(seed, &cfg.profile.faults, &roles)
+        FaultMode::Soak => SoakPlan::new(seed, &fault_settings, &roles)
             .take(
                 (cfg.duration.as_millis() / u128::from(cfg.profile.faults.interval_ms.max(1)) + 1)
                     as usize,

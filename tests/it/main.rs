@@ -6,6 +6,7 @@
 mod bench;
 mod cluster;
 mod gate;
+mod network;
 mod selftest;
 mod soak;
 mod support;

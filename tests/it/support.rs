@@ -187,7 +187,7 @@ pub fn drop_node_data(run_dir: &Path) {
 }
 
 /// Faults short enough for CI: a clean interval of 5 s, nodes down for 3 s,
-/// SIGSTOP held 20 s.
+/// SIGSTOP held 20 s, partitions 10 s.
 pub const QUICK_FAULTS: &[&str] = &[
     "--fault-every",
     "5s",
@@ -195,6 +195,8 @@ pub const QUICK_FAULTS: &[&str] = &[
     "3s",
     "--stop-hold",
     "20s",
+    "--net-hold",
+    "10s",
     "--progress-every-s",
     "30",
 ];
@@ -291,6 +293,39 @@ impl Drop for KillOnDrop {
         if let Some(mut child) = self.0.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+    }
+}
+
+/// Polls the one run under `runs` until its ledger opens and `shows`
+/// finds what it waits for in it, for at most `within`.
+pub fn until_ledger_shows<T>(
+    runs: &Path,
+    within: Duration,
+    what: &str,
+    mut shows: impl FnMut(&Path, &faultline::ledger::LedgerReader) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no {what} within {} s",
+            within.as_secs()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let Some(run) = std::fs::read_dir(runs)
+            .ok()
+            .and_then(|mut e| e.next())
+            .and_then(Result::ok)
+            .map(|e| e.path())
+        else {
+            continue;
+        };
+        let Ok(ledger) = faultline::ledger::LedgerReader::open(&run.join("ledger.sqlite")) else {
+            continue;
+        };
+        if let Some(found) = shows(&run, &ledger) {
+            return found;
         }
     }
 }

@@ -193,39 +193,6 @@ fn start_stop_start_gate(runs: &Path) -> (Child, PathBuf, u32) {
     (child, run, pid)
 }
 
-/// Polls the one run under `runs` until its ledger opens and `shows`
-/// finds what it waits for in it, for at most `within`.
-fn until_ledger_shows<T>(
-    runs: &Path,
-    within: Duration,
-    what: &str,
-    mut shows: impl FnMut(&Path, &faultline::ledger::LedgerReader) -> Option<T>,
-) -> T {
-    let deadline = Instant::now() + within;
-    loop {
-        assert!(
-            Instant::now() < deadline,
-            "no {what} within {} s",
-            within.as_secs()
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        let Some(run) = std::fs::read_dir(runs)
-            .ok()
-            .and_then(|mut e| e.next())
-            .and_then(Result::ok)
-            .map(|e| e.path())
-        else {
-            continue;
-        };
-        let Ok(ledger) = faultline::ledger::LedgerReader::open(&run.join("ledger.sqlite")) else {
-            continue;
-        };
-        if let Some(found) = shows(&run, &ledger) {
-            return found;
-        }
-    }
-}
-
 #[test]
 fn sigkilled_runner_leaves_no_node_stopped_or_running_mid_stop_start() {
     let runs = runs_dir("sigkill-mid-stop-start");

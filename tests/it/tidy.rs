@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 /// are independent of each other.
 const LAYERS: &[&[&str]] = &[
     &["history", "sys", "console"],
-    &["s3", "ledger", "oracle"],
+    &["s3", "ledger", "oracle", "net"],
     &["workload", "cluster"],
     &["faults", "exit"],
     &["profile"],

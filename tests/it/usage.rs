@@ -43,7 +43,7 @@ fn bad_input_fails_clearly_with_exit_2_and_leaves_nothing_running() {
         &["--garage-bin", "/nonexistent/garage"],
         &["--garage-bin /nonexistent/garage: no executable file there"],
     );
-    let holder = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let holder = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
     let port = holder.local_addr().unwrap().port();
     let port_s = port.to_string();
     check_bad_input(
@@ -67,6 +67,25 @@ fn bad_input_fails_clearly_with_exit_2_and_leaves_nothing_running() {
 fn every_command_rejects_bad_input_with_exit_2() {
     use faultline::ledger::{Ledger, Record};
     let dir = runs_dir("bad-input-commands");
+    // Profiles whose clusters cannot have a partition shape: two nodes
+    // cannot split into halves, three cannot form a ring.
+    let garage3 = std::fs::read_to_string(repo("configs/garage-3.toml")).unwrap();
+    let two = dir.join("two-nodes.toml");
+    std::fs::write(
+        &two,
+        garage3
+            .replace("nodes = 3", "nodes = 2")
+            .replace("replication_factor = 3", "replication_factor = 2"),
+    )
+    .unwrap();
+    let two = two.to_str().unwrap();
+    let ring3 = dir.join("ring-on-three.toml");
+    std::fs::write(
+        &ring3,
+        format!("{garage3}\n[faults]\nkinds = [\"partition-ring\"]\n"),
+    )
+    .unwrap();
+    let ring3 = ring3.to_str().unwrap();
     // A small finished ledger to point the post-mortem commands at.
     let run = dir.join("20260101T000000Z-1");
     std::fs::create_dir_all(&run).unwrap();
@@ -102,6 +121,18 @@ fn every_command_rejects_bad_input_with_exit_2() {
         (vec!["gate", "--min-availability", "2"], "not a fraction"),
         (vec!["gate", "--faults", "none"], "nothing to gate"),
         (vec!["soak", "--faults", "explode"], "unknown fault kind"),
+        (
+            vec!["gate", "--faults", "kill-start,partition-ring"],
+            "--faults: partition-ring needs at least 4 nodes in service, the cluster has 3",
+        ),
+        (
+            vec!["gate", "--profile", two, "--faults", "partition-halves"],
+            "partition-halves needs at least 3 nodes in service, the cluster has 2",
+        ),
+        (
+            vec!["soak", "--profile", ring3],
+            "key `faults.kinds`: expected kinds this cluster can have, found partition-ring needs at least 4",
+        ),
         (
             vec!["selftest", "--faults", "kill-start,explode"],
             "unknown fault kind",
