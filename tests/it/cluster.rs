@@ -341,7 +341,7 @@ async fn start_silenceable_forwarder(
             // cluster.json may be mid-rewrite: read it again, briefly.
             let mut port = None;
             for _ in 0..50 {
-                port = n1_s3_port(&runs);
+                port = n1_s3_addr(&runs);
                 if port.is_some() {
                     break;
                 }
@@ -359,8 +359,7 @@ async fn start_silenceable_forwarder(
                     let _ = tokio::time::timeout(hold, silent.wait_for(|s| !*s)).await;
                     return;
                 }
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                else {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(port).await else {
                     return;
                 };
                 // A forwarder nobody can silence (its sender is gone) just forwards.
@@ -506,11 +505,10 @@ async fn start_hiding_proxy(runs: PathBuf) -> String {
                         .unwrap()
                         .insert(path.to_string(), Instant::now());
                 }
-                let Some(port) = n1_s3_port(&runs) else {
+                let Some(addr) = n1_s3_addr(&runs) else {
                     return;
                 };
-                let Ok(mut outbound) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await
-                else {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(addr).await else {
                     return;
                 };
                 if outbound.write_all(&head).await.is_err() {
@@ -585,11 +583,15 @@ async fn a_boot_probe_that_reads_back_nothing_is_a_finding_in_the_ledger_not_a_b
     assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
 }
 
-fn n1_s3_port(runs: &Path) -> Option<u16> {
+/// Node n1's S3 address (its own loopback address and port), from cluster.json.
+fn n1_s3_addr(runs: &Path) -> Option<std::net::SocketAddr> {
     let run = std::fs::read_dir(runs).ok()?.flatten().next()?.path();
     let state: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("cluster.json")).ok()?).ok()?;
-    state["nodes"][0]["ports"]["s3"].as_u64().map(|p| p as u16)
+    let n1 = &state["nodes"][0];
+    let ip: std::net::IpAddr = n1["ip"].as_str()?.parse().ok()?;
+    let port = n1["ports"]["s3"].as_u64()? as u16;
+    Some(std::net::SocketAddr::new(ip, port))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
