@@ -437,9 +437,7 @@ impl Garage {
         });
         futures::future::join_all(ask).await.into_iter().collect()
     }
-}
 
-impl Garage {
     /// The active node a `GetClusterStatus` entry is about: by its id (a
     /// node that is down may have no address there), else its address.
     fn name_of(&self, peer: &serde_json::Value, all: &[Node]) -> Option<String> {

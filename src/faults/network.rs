@@ -23,7 +23,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddrV4;
 use std::time::Duration;
 
-use rand::Rng;
 use rand::seq::SliceRandom;
 use serde_json::json;
 
@@ -83,6 +82,17 @@ impl Shape {
     }
 }
 
+/// The two sides of a halves or bridge shape, in `order`: the minority
+/// and the majority (the first n/2 and the rest), or the two halves the
+/// bridge (`order[0]`) connects.
+fn sides(shape: Shape, order: &[usize]) -> (&[usize], &[usize]) {
+    match shape {
+        Shape::Halves => order.split_at(order.len() / 2),
+        Shape::Bridge => order[1..].split_at((order.len() - 1) / 2),
+        _ => unreachable!("only halves and bridges have two sides"),
+    }
+}
+
 /// Which ordered pairs (a, b), indices into the nodes, cannot reach each
 /// other: for a symmetric shape both (a, b) and (b, a); for the one-way
 /// cut only (a, b). `order` is the nodes drawn in a seeded order, the
@@ -103,19 +113,9 @@ fn cuts(shape: Shape, order: &[usize]) -> BTreeSet<(usize, usize)> {
         Shape::OneWay => {
             out.insert((order[0], order[1]));
         }
-        Shape::Halves => {
-            // The minority is the first n/2 of the order.
-            let (minority, majority) = order.split_at(n / 2);
-            for &a in minority {
-                for &b in majority {
-                    both(a, b);
-                }
-            }
-        }
-        Shape::Bridge => {
-            // order[0] bridges the rest, split in two halves.
-            let rest = &order[1..];
-            let (left, right) = rest.split_at(rest.len() / 2);
+        Shape::Halves | Shape::Bridge => {
+            // Nothing within a side is cut; a bridge reaches both sides.
+            let (left, right) = sides(shape, order);
             for &a in left {
                 for &b in right {
                     both(a, b);
@@ -142,15 +142,13 @@ fn cuts(shape: Shape, order: &[usize]) -> BTreeSet<(usize, usize)> {
 }
 
 fn partition(p: &Planned, cx: &mut Choose<'_>, shape: Shape) -> Chosen {
-    let nodes: Vec<Node> = cx.cluster.active_nodes(None).into_iter().cloned().collect();
-    let of_role: Vec<usize> = (0..nodes.len())
-        .filter(|&i| nodes[i].role == p.role)
-        .collect();
-    if of_role.is_empty() {
-        return Err(format!("no node of role {} in service", p.role));
-    }
     // The target (a node of the planned role) first, the rest shuffled.
-    let target = of_role[cx.rng.random_range(0..of_role.len())];
+    let (target, _) = super::process::pick(p, cx)?;
+    let nodes: Vec<Node> = cx.cluster.active_nodes(None).into_iter().cloned().collect();
+    let target = nodes
+        .iter()
+        .position(|n| n.name == target)
+        .expect("the target is a node in service");
     let mut rest: Vec<usize> = (0..nodes.len()).filter(|&i| i != target).collect();
     rest.shuffle(cx.rng);
     let mut order = vec![target];
@@ -188,32 +186,15 @@ fn describe(
         Shape::Node => format!("{} isolated", name(order[0])),
         Shape::OneWay => format!("{} cannot reach {}", name(order[0]), name(order[1])),
         Shape::Halves | Shape::Bridge => {
-            let mut sides: Vec<Vec<&str>> = Vec::new();
-            // Group: nodes that are not cut from each other's side.
-            let (a, b): (Vec<usize>, Vec<usize>) = match shape {
-                Shape::Halves => {
-                    let (x, y) = order.split_at(order.len() / 2);
-                    (x.to_vec(), y.to_vec())
-                }
-                _ => {
-                    let rest = &order[1..];
-                    let (x, y) = rest.split_at(rest.len() / 2);
-                    (x.to_vec(), y.to_vec())
-                }
-            };
-            for side in [a, b] {
+            let (left, right) = sides(shape, order);
+            let names = |side: &[usize]| {
                 let mut s: Vec<&str> = side.iter().map(|&i| name(i)).collect();
                 s.sort();
-                sides.push(s);
-            }
+                s.join(",")
+            };
             match shape {
-                Shape::Halves => format!("{} | {}", sides[0].join(","), sides[1].join(",")),
-                _ => format!(
-                    "{} | {} | {}",
-                    sides[0].join(","),
-                    name(order[0]),
-                    sides[1].join(",")
-                ),
+                Shape::Halves => format!("{} | {}", names(left), names(right)),
+                _ => format!("{} | {} | {}", names(left), name(order[0]), names(right)),
             }
         }
         Shape::Ring => {
@@ -257,7 +238,7 @@ impl Partition {
             .collect()
     }
 
-    /// Probes every ordered pair; the pairs that did not connect.
+    /// Probes every ordered pair of nodes: what each saw.
     async fn probe(&self) -> BTreeMap<(usize, usize), Reach> {
         let n = self.nodes.len();
         let pairs: Vec<(usize, usize)> = (0..n)

@@ -84,7 +84,7 @@ pub(super) const KINDS: &[KindSpec] = &[
 
 /// A node of the planned role, drawn from the run's target stream, and
 /// every node of the role in service.
-fn pick(p: &Planned, cx: &mut Choose<'_>) -> Result<(String, Vec<String>), String> {
+pub(super) fn pick(p: &Planned, cx: &mut Choose<'_>) -> Result<(String, Vec<String>), String> {
     let nodes: Vec<String> = cx
         .cluster
         .active_nodes(Some(&p.role))

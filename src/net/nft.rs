@@ -207,7 +207,7 @@ impl Drop for NftTable {
 }
 
 /// Names of the `ip` tables in `nft list tables` output that faultline made.
-fn table_names(listing: &str) -> impl Iterator<Item = &str> {
+pub fn table_names(listing: &str) -> impl Iterator<Item = &str> {
     listing
         .lines()
         .filter_map(|l| l.trim().strip_prefix("table ip "))

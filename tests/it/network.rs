@@ -17,10 +17,7 @@ fn faultline_tables() -> Vec<String> {
     let Ok(out) = out else {
         return Vec::new(); // nft not installed yet: no table can exist
     };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.strip_prefix("table ip "))
-        .filter(|t| t.starts_with("faultline_"))
+    faultline::net::nft::table_names(&String::from_utf8_lossy(&out.stdout))
         .map(str::to_string)
         .collect()
 }
