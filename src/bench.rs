@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::cluster::{BootOptions, Cluster};
+use crate::cluster::{BootOptions, Cluster, ClusterError};
 use crate::exit::{self, Error};
 use crate::ledger::{Ledger, LedgerWriter, Record};
 use crate::online::Online;
@@ -479,6 +479,123 @@ async fn one_phase(
         end_cpu: writer_cpu.end,
         findings,
     })
+}
+
+/// The relay (`net::proxy`, no toxic) against going direct, in one run:
+/// `rounds` alternating pairs of phases against a local sink, each phase
+/// `exchanges` request/answer round trips of 1 KiB each way on one
+/// connection, then `mib` MiB streamed one way. The process's CPU (client,
+/// sink and, when relayed, the relay) per phase; the medians and their
+/// ratios.
+pub async fn relay(rounds: u32, exchanges: u32, mib: u32) -> Result<u8, Error> {
+    use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+    let io = |e: std::io::Error| Error::Cluster(ClusterError::Net(format!("bench relay: {e}")));
+    // The sink: answers each 1 KiB request with 1 KiB, then swallows a
+    // stream to its end and answers one byte.
+    let sink = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .map_err(io)?;
+    let SocketAddr::V4(sink_addr) = sink.local_addr().map_err(io)? else {
+        unreachable!("bound to IPv4")
+    };
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = sink.accept().await {
+            tokio::spawn(async move {
+                let _ = s.set_nodelay(true);
+                let mut buf = vec![0u8; 1 << 16];
+                let mut exchanges = s.read_u32().await.unwrap_or(0);
+                while exchanges > 0 {
+                    if s.read_exact(&mut buf[..1024]).await.is_err()
+                        || s.write_all(&buf[..1024]).await.is_err()
+                    {
+                        return;
+                    }
+                    exchanges -= 1;
+                }
+                while let Ok(1..) = s.read(&mut buf).await {}
+                let _ = s.write_all(b"k").await;
+            });
+        }
+    });
+    let mut proxy = crate::net::Proxy::start(
+        Ipv4Addr::LOCALHOST,
+        &[sink_addr],
+        crate::net::Toxic::None,
+        1,
+    )
+    .await
+    .map_err(|e| {
+        Error::Cluster(ClusterError::Net(format!(
+            "bench relay: cannot start the relay (root needed for its mark): {e}"
+        )))
+    })?;
+    let relayed = proxy.listening()[0];
+    struct Phase {
+        rtt: Duration,
+        mib_s: f64,
+        cpu_per_mib: Duration,
+    }
+    let phase = |to: SocketAddrV4| async move {
+        let mut s = TcpStream::connect(to).await?;
+        s.set_nodelay(true)?;
+        let started = Instant::now();
+        s.write_u32(exchanges).await?;
+        let mut buf = vec![7u8; 1 << 16];
+        for _ in 0..exchanges {
+            s.write_all(&buf[..1024]).await?;
+            s.read_exact(&mut buf[..1024]).await?;
+        }
+        let rtt = started.elapsed() / exchanges.max(1);
+        let (cpu, started) = (cpu_time(), Instant::now());
+        for _ in 0..mib * 16 {
+            s.write_all(&buf).await?;
+        }
+        s.shutdown().await?;
+        s.read_u8().await?;
+        let took = started.elapsed();
+        Ok::<_, std::io::Error>(Phase {
+            rtt,
+            mib_s: mib as f64 / took.as_secs_f64(),
+            cpu_per_mib: (cpu_time() - cpu) / mib.max(1),
+        })
+    };
+    let (mut direct, mut through) = (Vec::new(), Vec::new());
+    for _ in 0..rounds.max(1) {
+        direct.push(phase(sink_addr).await.map_err(io)?);
+        through.push(phase(relayed).await.map_err(io)?);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let stat = |ps: &[Phase], f: fn(&Phase) -> f64| median(&mut ps.iter().map(f).collect());
+    let rtt = |p: &Phase| p.rtt.as_secs_f64() * 1e6;
+    let rate = |p: &Phase| p.mib_s;
+    let cpu = |p: &Phase| p.cpu_per_mib.as_secs_f64() * 1e3;
+    println!(
+        "{} rounds, each {exchanges} round trips of 1 KiB each way and {mib} MiB streamed, direct then relayed (medians):",
+        rounds.max(1)
+    );
+    for (what, f, unit) in [
+        ("round trip", rtt as fn(&Phase) -> f64, "us"),
+        ("stream", rate, "MiB/s"),
+        ("process CPU per MiB", cpu, "ms"),
+    ] {
+        let (d, r) = (stat(&direct, f), stat(&through, f));
+        println!(
+            "  {what:<20} direct {d:>9.1} {unit:<5}  relayed {r:>9.1} {unit:<5}  ratio {:.2}",
+            r / d
+        );
+    }
+    println!(
+        "  relay's added round trip: {:.1} us; added CPU per MiB: {:.2} ms",
+        stat(&through, rtt) - stat(&direct, rtt),
+        stat(&through, cpu) - stat(&direct, cpu)
+    );
+    proxy.stop();
+    Ok(exit::PASS)
 }
 
 #[cfg(test)]

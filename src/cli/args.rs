@@ -52,6 +52,18 @@ pub enum Command {
     /// Measure the runner's own parts (see BENCHMARKS.md).
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Heal what a run left applied (its nftables table), from its run
+    /// directory: for a runner that died mid-fault.
+    Recover(RunArg),
+    /// The guardian a run starts with its first network fault: deletes
+    /// the run's table once the run is gone (internal).
+    #[command(hide = true)]
+    GuardLinks {
+        #[arg(long)]
+        lease: PathBuf,
+        #[arg(long)]
+        table: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +81,19 @@ pub enum BenchCommand {
     /// Runner CPU per operation and throughput, with ledger and oracle
     /// against a raw mode without both, on one booted cluster.
     Runner(BenchRunnerArgs),
+    /// The network faults' relay against going direct: added round-trip
+    /// time, stream rate and CPU per MiB, on loopback.
+    Relay {
+        /// Alternating pairs of phases (direct, relayed).
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Round trips of 1 KiB each way per phase.
+        #[arg(long, default_value_t = 20_000)]
+        exchanges: u32,
+        /// MiB streamed one way per phase.
+        #[arg(long, default_value_t = 1024)]
+        mib: u32,
+    },
 }
 
 /// A generated correct history (`oracle::synth`).
@@ -308,7 +333,9 @@ pub struct FaultArgs {
     /// profile's, else every kind the cluster can have: kill-start,
     /// stop-start, restart, update, rolling-update, offline, dead,
     /// partition-node, partition-one-way, partition-halves,
-    /// partition-bridge, partition-ring (4 nodes or more)].
+    /// partition-bridge, partition-ring (4 nodes or more), link-loss,
+    /// link-latency, link-bandwidth, client-latency, client-bandwidth,
+    /// client-blackhole, client-reset, client-slicer, client-limit-data].
     #[arg(long)]
     pub faults: Option<String>,
     /// Clean workload between one fault's recovery and the next, e.g. 30s.
@@ -323,6 +350,9 @@ pub struct FaultArgs {
     /// How long a network partition stays in place, e.g. 75s.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub net_hold: Option<Duration>,
+    /// How long a degraded link or client path stays degraded, e.g. 30s.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub link_hold: Option<Duration>,
     /// The version `update` faults move to (installed on first use).
     #[arg(long)]
     pub update_version: Option<String>,
@@ -360,6 +390,9 @@ impl FaultArgs {
         if let Some(d) = self.net_hold {
             f.net_hold_ms = ms(d);
         }
+        if let Some(d) = self.link_hold {
+            f.link_hold_ms = ms(d);
+        }
         if let Some(v) = &self.update_version {
             f.update_version = Some(v.clone());
         }
@@ -377,6 +410,7 @@ impl FaultArgs {
             ("--hold", &self.hold),
             ("--stop-hold", &self.stop_hold),
             ("--net-hold", &self.net_hold),
+            ("--link-hold", &self.link_hold),
         ] {
             if let Some(v) = value {
                 out += &format!(" {flag} {}", d(v));

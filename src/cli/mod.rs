@@ -69,7 +69,25 @@ pub fn run(cli: Cli) -> u8 {
                 crate::bench::ledger(s.ops, s.keys, s.seed, &path)
             }
             Command::Bench(BenchCommand::Runner(args)) => bench_runner(args).await,
+            Command::Bench(BenchCommand::Relay {
+                rounds,
+                exchanges,
+                mib,
+            }) => crate::bench::relay(rounds, exchanges, mib).await,
             Command::Install(args) => install(args).await,
+            Command::Recover(args) => {
+                for line in crate::cluster::recover_links(&args.run).await? {
+                    println!("{line}");
+                }
+                Ok(exit::PASS)
+            }
+            Command::GuardLinks { lease, table } => {
+                match crate::net::nft::guard(&lease, &table) {
+                    Ok(done) => println!("{} {done}", crate::sys::utc_now()),
+                    Err(e) => eprintln!("{} {e}", crate::sys::utc_now()),
+                }
+                Ok(exit::PASS)
+            }
         }
     });
     match result {

@@ -20,8 +20,8 @@ use super::ClusterError;
 /// The second octet of a block ranges over this span (127.0.x.x is left
 /// to the system: 127.0.0.1, systemd-resolved's 127.0.0.53).
 const FIRST_OCTET: std::ops::RangeInclusive<u8> = 100..=199;
-/// Nodes per block: `.1` to `.254`.
-pub const MAX_NODES: usize = 254;
+/// Nodes per block: `.1` to `.253`; `.254` is the run's relay.
+pub const MAX_NODES: usize = 253;
 
 /// A leased block of loopback addresses.
 #[derive(Debug)]
@@ -79,6 +79,11 @@ impl AddrLease {
     pub fn ip(&self, i: usize) -> Ipv4Addr {
         assert!(i < MAX_NODES, "a block has {MAX_NODES} node addresses");
         Ipv4Addr::new(127, self.block[0], self.block[1], i as u8 + 1)
+    }
+
+    /// The address the run's relay (`net::proxy`) listens on.
+    pub fn relay_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(127, self.block[0], self.block[1], 254)
     }
 
     /// The block, as `127.a.b.0/24`.

@@ -215,6 +215,7 @@ impl Cluster {
             started,
             probes: AtomicU64::new(0),
             links: None,
+            relays: Vec::new(),
         };
         // On error, dropping `cluster` drops the supervisor, which kills
         // every process started so far.

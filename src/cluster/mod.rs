@@ -49,6 +49,7 @@ pub use boot::{ProbeFailure, Secrets, WrongProbe, check_endpoints};
 pub use gate::{GateFailure, MetricsTarget, Recovery, Unmet, snapshot_metrics};
 pub use journal::CommandOutput;
 pub(crate) use journal::last_line;
+pub use links::recover as recover_links;
 
 /// Every child's environment carries the run directory under this name, so
 /// tests (and users) can find a run's processes without matching by name.
@@ -219,6 +220,8 @@ pub struct Cluster {
     probes: AtomicU64,
     /// The run's nftables table, once a network fault made it.
     links: Option<crate::net::NftTable>,
+    /// Healed relays still carrying connections opened during their fault.
+    relays: Vec<crate::net::Proxy>,
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), ClusterError> {

@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cluster::{Cluster, ClusterError, GateFailure};
 
+mod degrade;
 mod injector;
 mod network;
 mod plan;
@@ -36,7 +37,7 @@ pub use injector::{FaultStatus, Injected, Injector, Phase, Step};
 pub use plan::{Planned, SoakPlan, gate_plan};
 
 /// The fault families, in the order `--faults` lists their kinds.
-const FAMILIES: &[&[KindSpec]] = &[process::KINDS, network::KINDS];
+const FAMILIES: &[&[KindSpec]] = &[process::KINDS, network::KINDS, degrade::KINDS];
 
 /// Every kind of every family, in `FAMILIES` order.
 static KINDS: LazyLock<Vec<&'static KindSpec>> =
@@ -175,6 +176,20 @@ pub struct FaultSettings {
     pub stop_hold_ms: u64,
     /// How long a network partition stays in place.
     pub net_hold_ms: u64,
+    /// How long a degraded link or client path stays degraded.
+    pub link_hold_ms: u64,
+    /// `link-loss`: the share of packets dropped, in percent.
+    pub loss_percent: u32,
+    /// `link-latency`, `client-latency`: added delay per direction.
+    pub latency_ms: u64,
+    /// ... give or take up to this much.
+    pub jitter_ms: u64,
+    /// `link-bandwidth`, `client-bandwidth`: each direction's rate.
+    pub bandwidth_kib_s: u64,
+    /// `client-slicer`: the average segment size.
+    pub slice_bytes: usize,
+    /// `client-limit-data`: the answer bytes a connection gets.
+    pub limit_bytes: u64,
     /// The version `update` moves to (installed like the main binary);
     /// absent: the version already running.
     pub update_version: Option<String>,
@@ -196,6 +211,13 @@ impl Default for FaultSettings {
             // every 15 s with a 10 s timeout and drops the connection at
             // the fifth failure, measured here 79 s into an isolation.
             net_hold_ms: 110_000,
+            link_hold_ms: 30_000,
+            loss_percent: 30,
+            latency_ms: 150,
+            jitter_ms: 50,
+            bandwidth_kib_s: 256,
+            slice_bytes: 64,
+            limit_bytes: 2048,
             update_version: None,
             role_weights: BTreeMap::new(),
         }

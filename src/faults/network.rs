@@ -308,7 +308,7 @@ impl Fault for Partition {
             self.observed.insert("rules".into(), json!(rules));
             let label = step.label().to_string();
             step.cluster
-                .cut_links(&label, &rules)
+                .cut_links(&label, &crate::net::Rules::filter(rules))
                 .await
                 .map_err(|e| step.cluster_error(e))?;
             let seen = self.probe().await;

@@ -181,6 +181,15 @@ impl Fault for Down {
         self.node.clone()
     }
 
+    fn params(&self) -> serde_json::Value {
+        let how = match self.how {
+            How::Kill => "SIGKILL",
+            How::Stop => "graceful stop",
+            How::Pause => "SIGSTOP",
+        };
+        serde_json::json!({ "how": how, "hold_ms": self.hold.as_millis() as u64 })
+    }
+
     fn apply<'a>(&'a mut self, step: &'a mut Step<'_>) -> StepResult<'a> {
         Box::pin(async move {
             let c = &mut *step.cluster;
@@ -237,6 +246,13 @@ impl Fault for Restart {
         self.target.clone()
     }
 
+    fn params(&self) -> serde_json::Value {
+        serde_json::json!({
+            "nodes": self.nodes,
+            "program": self.program.as_ref().map(|p| p.display().to_string()),
+        })
+    }
+
     fn apply<'a>(&'a mut self, step: &'a mut Step<'_>) -> StepResult<'a> {
         Box::pin(async move {
             let rolling = self.nodes.len() > 1;
@@ -281,6 +297,10 @@ impl Fault for Dead {
             true => format!("{}, replaced by {}", self.node, self.spare),
             false => self.node.clone(),
         }
+    }
+
+    fn params(&self) -> serde_json::Value {
+        serde_json::json!({ "spare": self.spare, "replaced": self.replaced })
     }
 
     fn apply<'a>(&'a mut self, step: &'a mut Step<'_>) -> StepResult<'a> {

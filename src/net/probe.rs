@@ -6,7 +6,7 @@
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::time::Duration;
 
-use tokio::net::TcpSocket;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// What one probe saw.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,15 +27,33 @@ impl Reach {
 /// Connects from `from` (port chosen by the kernel) to `to`, within
 /// `deadline`, and closes the connection at once.
 pub async fn reach(from: Ipv4Addr, to: SocketAddrV4, deadline: Duration) -> Reach {
+    match connect_from(from, to, deadline).await {
+        Ok(_) => Reach::Connected,
+        Err(r) => r,
+    }
+}
+
+/// Connects from `from` to `to` within `deadline`: the open connection and
+/// its own address (what a relay it lands in sees as its peer), or what
+/// the probe saw instead.
+pub async fn connect_from(
+    from: Ipv4Addr,
+    to: SocketAddrV4,
+    deadline: Duration,
+) -> Result<(TcpStream, SocketAddrV4), Reach> {
     let attempt = async {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::V4(SocketAddrV4::new(from, 0)))?;
-        socket.connect(SocketAddr::V4(to)).await
+        let stream = socket.connect(SocketAddr::V4(to)).await?;
+        match stream.local_addr()? {
+            SocketAddr::V4(local) => Ok((stream, local)),
+            SocketAddr::V6(_) => Err(std::io::Error::other("bound to IPv4")),
+        }
     };
     match tokio::time::timeout(deadline, attempt).await {
-        Ok(Ok(_stream)) => Reach::Connected,
-        Ok(Err(_)) => Reach::Failed,
-        Err(_) => Reach::TimedOut,
+        Ok(Ok(open)) => Ok(open),
+        Ok(Err(_)) => Err(Reach::Failed),
+        Err(_) => Err(Reach::TimedOut),
     }
 }
 

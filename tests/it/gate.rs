@@ -49,6 +49,37 @@ fn gate_fires_every_fault_kind_confirms_undoes_and_recovers() {
             assert_eq!(seen == "timedout", is_cut, "{} {pair}: {p}", f.kind);
         }
     }
+    // Each degraded link or client path was confirmed: loss by its drop
+    // counter, a relayed one by a probe of every path the relay accepted;
+    // and the relay carried the store's own connections, or the workload's.
+    for f in ledger
+        .faults()
+        .unwrap()
+        .iter()
+        .filter(|f| f.kind.starts_with("link-") || f.kind.starts_with("client-"))
+    {
+        let p: serde_json::Value = serde_json::from_str(f.params.as_deref().unwrap()).unwrap();
+        if f.kind == "link-loss" {
+            assert!(p["probes"]["dropped_packets"].as_u64() > Some(0), "{p}");
+            assert!(p["dropped_packets_at_heal"].as_u64() > Some(0), "{p}");
+            continue;
+        }
+        let probes = p["probes"].as_object().unwrap();
+        assert_eq!(probes.len(), p["paths"].as_array().unwrap().len(), "{p}");
+        assert!(probes.values().all(|v| v == "relayed"), "{}: {p}", f.kind);
+        let relayed = &p["relayed"];
+        assert!(
+            relayed["connections"].as_u64() > Some(probes.len() as u64),
+            "{}: {p}",
+            f.kind
+        );
+        match f.kind.as_str() {
+            "client-reset" => assert!(relayed["resets"].as_u64() > Some(0), "{p}"),
+            "client-limit-data" => assert!(relayed["truncated"].as_u64() > Some(0), "{p}"),
+            "client-blackhole" => assert_eq!(relayed["bytes_down"], 0, "{p}"),
+            _ => assert!(relayed["bytes_down"].as_u64() > Some(0), "{}: {p}", f.kind),
+        }
+    }
     let mut previous_recovery = 0;
     for (kind, target, start, confirm, end, recovered, ms) in &faults {
         let (confirm, end, recovered) = (confirm.unwrap(), end.unwrap(), recovered.unwrap());

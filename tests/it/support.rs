@@ -187,7 +187,7 @@ pub fn drop_node_data(run_dir: &Path) {
 }
 
 /// Faults short enough for CI: a clean interval of 5 s, nodes down for 3 s,
-/// SIGSTOP held 20 s, partitions 10 s.
+/// SIGSTOP held 20 s, partitions 10 s, degraded links and client paths 8 s.
 pub const QUICK_FAULTS: &[&str] = &[
     "--fault-every",
     "5s",
@@ -197,6 +197,8 @@ pub const QUICK_FAULTS: &[&str] = &[
     "20s",
     "--net-hold",
     "10s",
+    "--link-hold",
+    "8s",
     "--progress-every-s",
     "30",
 ];
