@@ -188,7 +188,8 @@ impl Profile {
                 "an empty list".into(),
             ));
         }
-        if let Err(why) = f.kinds_for(self.cluster.nodes_in_service()) {
+        // Privileges are checked where the run starts, not in the file.
+        if let Err(why) = f.kinds_for(self.cluster.nodes_in_service(), true) {
             return Err(invalid("faults.kinds", "kinds this cluster can have", why));
         }
         if let Some(v) = &f.update_version

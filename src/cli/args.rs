@@ -372,10 +372,20 @@ impl FaultArgs {
                         "--faults: name at least one kind, or none".into(),
                     ));
                 }
-                f.kinds_for(profile.cluster.nodes_in_service())
+                f.kinds_for(profile.cluster.nodes_in_service(), true)
                     .map_err(|e| Error::Usage(format!("--faults: {e}")))?;
             }
             None => {}
+        }
+        // Before anything starts: a network kind named (here or in the
+        // profile) by a process that cannot apply its rules.
+        let net_admin = crate::net::has_net_admin();
+        f.kinds_for(profile.cluster.nodes_in_service(), net_admin)
+            .map_err(|e| Error::Usage(format!("faults: {e}")))?;
+        if !net_admin && f.kinds == crate::faults::FaultKind::all() {
+            crate::console::say(
+                "faultline: network faults left out: they need CAP_NET_ADMIN (run as root)",
+            );
         }
         let ms = |d: Duration| d.as_millis() as u64;
         if let Some(d) = self.fault_every {

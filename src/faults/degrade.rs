@@ -39,41 +39,49 @@ pub(super) const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "link-loss",
         min_nodes: 2,
+        net: true,
         choose: |p, cx| link(p, cx, Degrade::Loss(cx.settings.loss_percent)),
     },
     KindSpec {
         name: "link-latency",
         min_nodes: 2,
+        net: true,
         choose: |p, cx| link(p, cx, Degrade::Relay(latency(cx))),
     },
     KindSpec {
         name: "link-bandwidth",
         min_nodes: 2,
+        net: true,
         choose: |p, cx| link(p, cx, Degrade::Relay(bandwidth(cx))),
     },
     KindSpec {
         name: "client-latency",
         min_nodes: 1,
+        net: true,
         choose: |p, cx| client(p, cx, latency(cx)),
     },
     KindSpec {
         name: "client-bandwidth",
         min_nodes: 1,
+        net: true,
         choose: |p, cx| client(p, cx, bandwidth(cx)),
     },
     KindSpec {
         name: "client-blackhole",
         min_nodes: 1,
+        net: true,
         choose: |p, cx| client(p, cx, Toxic::Blackhole),
     },
     KindSpec {
         name: "client-reset",
         min_nodes: 1,
+        net: true,
         choose: |p, cx| client(p, cx, Toxic::ResetPeer),
     },
     KindSpec {
         name: "client-slicer",
         min_nodes: 1,
+        net: true,
         choose: |p, cx| {
             let bytes = cx.settings.slice_bytes;
             client(p, cx, Toxic::Slicer { bytes })
@@ -82,6 +90,7 @@ pub(super) const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "client-limit-data",
         min_nodes: 1,
+        net: true,
         choose: |p, cx| {
             let bytes = cx.settings.limit_bytes;
             client(p, cx, Toxic::LimitData { bytes })

@@ -50,6 +50,8 @@ pub struct KindSpec {
     /// The fewest nodes in service (all roles) the kind's shape needs: a
     /// profile with fewer cannot have it (halves of 2 nodes).
     pub min_nodes: usize,
+    /// Needs CAP_NET_ADMIN: its rules go into the run's nftables table.
+    pub net: bool,
     /// Chooses the fault's targets on the cluster and makes it, or says
     /// why the plan's fault cannot be injected here (no node of the role
     /// in service, no spare left).
@@ -80,6 +82,11 @@ impl FaultKind {
     /// The fewest nodes in service the kind needs.
     pub fn min_nodes(self) -> usize {
         self.spec().min_nodes
+    }
+
+    /// Whether the kind needs CAP_NET_ADMIN (nftables rules).
+    pub fn needs_net_admin(self) -> bool {
+        self.spec().net
     }
 
     pub fn parse(s: &str) -> Option<FaultKind> {
@@ -225,13 +232,27 @@ impl Default for FaultSettings {
 }
 
 impl FaultSettings {
-    /// The kinds a plan draws from on a cluster of `nodes` in service. The
-    /// default, every kind, leaves out the shapes such a cluster cannot
-    /// have (a ring on 3 nodes); a list that names one is an error.
-    pub fn kinds_for(&self, nodes: usize) -> Result<Vec<FaultKind>, String> {
+    /// The kinds a plan draws from on a cluster of `nodes` in service, by
+    /// a runner with (`net_admin`) or without CAP_NET_ADMIN. The default,
+    /// every kind, leaves out the shapes such a cluster cannot have (a
+    /// ring on 3 nodes) and, without the capability, the network kinds; a
+    /// list that names one is an error.
+    pub fn kinds_for(&self, nodes: usize, net_admin: bool) -> Result<Vec<FaultKind>, String> {
         let fits = |k: &FaultKind| k.min_nodes() <= nodes;
+        let allowed = |k: &FaultKind| net_admin || !k.needs_net_admin();
         if self.kinds == FaultKind::all() {
-            return Ok(self.kinds.iter().copied().filter(fits).collect());
+            return Ok(self
+                .kinds
+                .iter()
+                .copied()
+                .filter(|k| fits(k) && allowed(k))
+                .collect());
+        }
+        if let Some(k) = self.kinds.iter().find(|k| !allowed(k)) {
+            return Err(format!(
+                "{} needs CAP_NET_ADMIN for its nftables rules, which this process lacks: run faultline as root, or name no network fault",
+                k.as_str()
+            ));
         }
         match self.kinds.iter().find(|k| !fits(k)) {
             Some(k) => Err(format!(
@@ -283,20 +304,29 @@ mod tests {
     #[test]
     fn a_shape_the_cluster_cannot_have_is_left_out_of_the_default_and_refused_when_named() {
         let all = FaultSettings::default();
-        let on3 = all.kinds_for(3).unwrap();
+        let on3 = all.kinds_for(3, true).unwrap();
         assert!(on3.contains(&FaultKind::parse("partition-halves").unwrap()));
         assert!(!on3.contains(&FaultKind::parse("partition-ring").unwrap()));
-        assert_eq!(all.kinds_for(5).unwrap(), FaultKind::all());
+        assert_eq!(all.kinds_for(5, true).unwrap(), FaultKind::all());
+        // Without CAP_NET_ADMIN the default is the process faults only.
+        let plain = all.kinds_for(5, false).unwrap();
+        assert!(!plain.is_empty() && plain.iter().all(|k| !k.needs_net_admin()));
+        assert!(plain.contains(&FaultKind::parse("dead").unwrap()));
         let halves = FaultSettings {
             kinds: FaultKind::parse_list("kill-start,partition-halves").unwrap(),
             ..FaultSettings::default()
         };
-        let err = halves.kinds_for(2).unwrap_err();
+        let err = halves.kinds_for(2, true).unwrap_err();
         assert!(
             err.contains("partition-halves needs at least 3 nodes"),
             "{err}"
         );
-        assert_eq!(halves.kinds_for(3).unwrap().len(), 2);
+        assert_eq!(halves.kinds_for(3, true).unwrap().len(), 2);
+        let err = halves.kinds_for(3, false).unwrap_err();
+        assert!(
+            err.contains("partition-halves needs CAP_NET_ADMIN"),
+            "{err}"
+        );
     }
 
     #[test]

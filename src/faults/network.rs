@@ -34,26 +34,31 @@ pub(super) const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "partition-node",
         min_nodes: 2,
+        net: true,
         choose: |p, cx| partition(p, cx, Shape::Node),
     },
     KindSpec {
         name: "partition-one-way",
         min_nodes: 2,
+        net: true,
         choose: |p, cx| partition(p, cx, Shape::OneWay),
     },
     KindSpec {
         name: "partition-halves",
         min_nodes: 3,
+        net: true,
         choose: |p, cx| partition(p, cx, Shape::Halves),
     },
     KindSpec {
         name: "partition-bridge",
         min_nodes: 3,
+        net: true,
         choose: |p, cx| partition(p, cx, Shape::Bridge),
     },
     KindSpec {
         name: "partition-ring",
         min_nodes: 4,
+        net: true,
         choose: |p, cx| partition(p, cx, Shape::Ring),
     },
 ];

@@ -19,30 +19,35 @@ pub(super) const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "kill-start",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| down(p, cx, How::Kill),
     },
     // SIGSTOP long enough for peers to notice, then SIGCONT.
     KindSpec {
         name: "stop-start",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| down(p, cx, How::Pause),
     },
     // Graceful stop and start.
     KindSpec {
         name: "restart",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| restart(p, cx, false),
     },
     // Graceful stop, start on another binary (by default the same version).
     KindSpec {
         name: "update",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| restart(p, cx, true),
     },
     // `update` on every node of a role in turn, gated between nodes.
     KindSpec {
         name: "rolling-update",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| {
             let (_, nodes) = pick(p, cx)?;
             Ok(Box::new(Restart {
@@ -56,12 +61,14 @@ pub(super) const KINDS: &[KindSpec] = &[
     KindSpec {
         name: "offline",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| down(p, cx, How::Stop),
     },
     // Killed, data wiped, replaced by a spare from the pool.
     KindSpec {
         name: "dead",
         min_nodes: 1,
+        net: false,
         choose: |p, cx| {
             let (node, _) = pick(p, cx)?;
             if !cx.cluster.can_replace() {

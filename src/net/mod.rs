@@ -12,3 +12,21 @@ pub mod proxy;
 pub use nft::{NftError, NftTable, Rules};
 pub use probe::{Reach, connect_from, reach};
 pub use proxy::{Proxy, Toxic};
+
+/// Whether this process holds CAP_NET_ADMIN (its effective capabilities
+/// in `/proc/self/status`), which nftables rules and the relay's socket
+/// mark need.
+pub fn has_net_admin() -> bool {
+    const CAP_NET_ADMIN: u32 = 12;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))?
+                .trim()
+                .to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_NET_ADMIN) != 0)
+}

@@ -633,7 +633,9 @@ mod tests {
             let (mut s, _) = l.accept().await.unwrap();
             let mut got = Vec::new();
             s.read_to_end(&mut got).await.unwrap();
-            s.write_all(format!("{} bytes", got.len()).as_bytes()).await.unwrap();
+            s.write_all(format!("{} bytes", got.len()).as_bytes())
+                .await
+                .unwrap();
         });
         let (_p, mut c) = through(Toxic::None, up).await;
         c.write_all(&[0u8; 1000]).await.unwrap();

@@ -110,7 +110,10 @@ pub(super) async fn drive(
     let roles = cluster.roles();
     let mut fault_settings = cfg.profile.faults.clone();
     fault_settings.kinds = fault_settings
-        .kinds_for(cluster.active_nodes(None).len())
+        .kinds_for(
+            cluster.active_nodes(None).len(),
+            crate::net::has_net_admin(),
+        )
         .map_err(|e| Error::Usage(format!("faults: {e}")))?;
     let plan: Vec<Planned> = match cfg.faults {
         FaultMode::Off => Vec::new(),

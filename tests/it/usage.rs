@@ -183,3 +183,29 @@ fn soak_rejects_bad_workload_arguments_with_exit_2() {
         assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
     }
 }
+
+/// Without CAP_NET_ADMIN (here: the unprivileged user `nobody`), naming a
+/// network fault is refused before anything starts, with what to do.
+#[test]
+fn network_faults_without_privileges_are_refused_with_exit_2() {
+    use std::os::unix::process::CommandExt;
+    let runs = runs_dir("bad-input-unprivileged");
+    for kinds in ["partition-node,kill-start", "client-reset", "link-latency"] {
+        let out = Command::new(BIN)
+            .args(["gate", "--faults", kinds, "--runs-dir"])
+            .arg(runs.join("nobody"))
+            .current_dir(repo(""))
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{kinds}: {stderr}");
+        assert!(
+            stderr.contains("needs CAP_NET_ADMIN") && stderr.contains("run faultline as root"),
+            "{kinds}: {stderr}"
+        );
+        assert!(!runs.join("nobody").exists(), "{kinds}: a run started");
+    }
+    assert_eq!(live_processes_of(&runs), Vec::<u32>::new());
+}
