@@ -207,6 +207,13 @@ enum Flavor {
 }
 
 pub struct Cluster {
+    // Dropped in this order: the relays (closing what they carry), the
+    // table (its rules deleted), then the context, whose address lease
+    // the table's guardian and the next runs wait on.
+    /// Healed relays still carrying connections opened during their fault.
+    relays: Vec<crate::net::Proxy>,
+    /// The run's nftables table, once a network fault made it.
+    links: Option<crate::net::NftTable>,
     pub profile: ClusterSpec,
     pub seed: u64,
     pub nodes: Vec<Node>,
@@ -218,10 +225,6 @@ pub struct Cluster {
     started: Instant,
     /// Probes written so far: each writes the next generation of its key.
     probes: AtomicU64,
-    /// The run's nftables table, once a network fault made it.
-    links: Option<crate::net::NftTable>,
-    /// Healed relays still carrying connections opened during their fault.
-    relays: Vec<crate::net::Proxy>,
 }
 
 pub(crate) fn write_file(path: &Path, text: &str) -> Result<(), ClusterError> {

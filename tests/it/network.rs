@@ -71,7 +71,10 @@ fn every_partition_shape_on_five_nodes_cuts_exactly_its_pairs_and_heals() {
     // Every shape: confirmed and recovered, all 20 ordered pairs probed,
     // exactly its cut ones timed out; how many pairs each shape cuts.
     for f in &faults {
-        assert!(f.t_confirm_ns.is_some() && f.t_recovered_ns.is_some(), "{f:?}");
+        assert!(
+            f.t_confirm_ns.is_some() && f.t_recovered_ns.is_some(),
+            "{f:?}"
+        );
         let p: serde_json::Value = serde_json::from_str(f.params.as_deref().unwrap()).unwrap();
         let cut = p["cut"].as_array().unwrap();
         let probes = p["probes"].as_object().unwrap();
@@ -82,11 +85,11 @@ fn every_partition_shape_on_five_nodes_cuts_exactly_its_pairs_and_heals() {
             assert!(is_cut || seen == "connected", "{} {pair}: {p}", f.kind);
         }
         let expected = match f.kind.as_str() {
-            "partition-node" => 8,     // 4 others, both ways
-            "partition-one-way" => 1,  // one direction
-            "partition-halves" => 12,  // 2 x 3, both ways
-            "partition-bridge" => 8,   // 2 x 2, both ways
-            "partition-ring" => 10,    // the 5 pairs two apart
+            "partition-node" => 8,    // 4 others, both ways
+            "partition-one-way" => 1, // one direction
+            "partition-halves" => 12, // 2 x 3, both ways
+            "partition-bridge" => 8,  // 2 x 2, both ways
+            "partition-ring" => 10,   // the 5 pairs two apart
             other => panic!("{other}"),
         };
         assert_eq!(cut.len(), expected, "{}: {p}", f.kind);
