@@ -80,6 +80,40 @@ fn gate_fires_every_fault_kind_confirms_undoes_and_recovers() {
             _ => assert!(relayed["bytes_down"].as_u64() > Some(0), "{}: {p}", f.kind),
         }
     }
+    // What the client-path faults did to the workload, classified as
+    // oracle.md section 1 says: a write sent and not answered is
+    // ambiguous, a read so is unavailable, a truncated answer too; only
+    // a request that never left is a failure.
+    let outcomes = |kind: &str| -> Vec<(String, String, String)> {
+        let sql = "SELECT o.kind, o.outcome, coalesce(o.error_class, '') FROM faults f \
+                   JOIN ops o ON o.t_invoke_ns BETWEEN f.t_confirm_ns AND f.t_end_ns \
+                   WHERE f.kind = ?1 AND o.outcome != 'ok'";
+        let conn = ledger.connection();
+        let mut stmt = conn.prepare(sql).unwrap();
+        stmt.query_map([kind], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect()
+    };
+    let is_write = |k: &str| ["put", "overwrite", "multipart", "delete"].contains(&k);
+    for kind in ["client-blackhole", "client-reset", "client-limit-data"] {
+        let seen = outcomes(kind);
+        assert!(!seen.is_empty(), "{kind}: nothing failed");
+        for (op, outcome, class) in &seen {
+            let want = match (is_write(op), class.as_str()) {
+                (_, "not_sent") => "fail",
+                (true, _) => "ambiguous",
+                (false, _) => "unavailable",
+            };
+            assert_eq!(outcome, want, "{kind}: {op} {class}");
+        }
+    }
+    assert!(
+        outcomes("client-limit-data")
+            .iter()
+            .any(|(_, o, c)| o == "unavailable" && c == "truncated"),
+        "no truncated read"
+    );
     let mut previous_recovery = 0;
     for (kind, target, start, confirm, end, recovered, ms) in &faults {
         let (confirm, end, recovered) = (confirm.unwrap(), end.unwrap(), recovered.unwrap());
