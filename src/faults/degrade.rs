@@ -336,11 +336,7 @@ impl Fault for Degraded {
                 "rules".into(),
                 json!([rules.nat.as_slice(), rules.filter.as_slice()].concat()),
             );
-            let label = step.label().to_string();
-            step.cluster
-                .cut_links(&label, &rules)
-                .await
-                .map_err(|e| step.cluster_error(e))?;
+            step.cut_links(&rules).await?;
             let seen = self
                 .confirm(step)
                 .await
@@ -364,11 +360,7 @@ impl Fault for Degraded {
                     json!(crate::net::nft::dropped_packets(&listing)),
                 );
             }
-            let label = step.label().to_string();
-            step.cluster
-                .heal_links(&label)
-                .await
-                .map_err(|e| step.cluster_error(e))?;
+            step.heal_links().await?;
             // New connections go direct again; the ones the relay carries
             // go on without the toxic until they end by themselves.
             if let Some(mut proxy) = self.proxy.take() {

@@ -327,9 +327,23 @@ impl Step<'_> {
         }
     }
 
-    /// The fault as logs and errors name it: `#3 partition-node on n2 isolated`.
-    pub fn label(&self) -> &str {
-        self.label
+    /// Puts the fault's network rules into the run's table, journaled
+    /// under the fault's name (`#3 partition-node on n2 isolated`).
+    pub async fn cut_links(&mut self, rules: &crate::net::Rules) -> Result<(), FaultError> {
+        let label = self.label;
+        match self.cluster.cut_links(label, rules).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(self.cluster_error(e)),
+        }
+    }
+
+    /// Heals the fault's network rules (`Cluster::heal_links`).
+    pub async fn heal_links(&mut self) -> Result<(), FaultError> {
+        let label = self.label;
+        self.cluster
+            .heal_links(label)
+            .await
+            .map_err(|e| self.cluster_error(e))
     }
 
     /// Shows `phase` on `target` (a part of the fault's target) in the

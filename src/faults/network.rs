@@ -311,11 +311,7 @@ impl Fault for Partition {
         Box::pin(async move {
             let rules = self.rules();
             self.observed.insert("rules".into(), json!(rules));
-            let label = step.label().to_string();
-            step.cluster
-                .cut_links(&label, &crate::net::Rules::filter(rules))
-                .await
-                .map_err(|e| step.cluster_error(e))?;
+            step.cut_links(&crate::net::Rules::filter(rules)).await?;
             let seen = self.probe().await;
             let (shown, wrong) = self.judge(&seen, &self.cut);
             self.observed.insert("probes".into(), shown);
@@ -355,11 +351,7 @@ impl Fault for Partition {
                 self.observed
                     .insert("peers_down_at_heal".into(), serde_json::Value::Object(view));
             }
-            let label = step.label().to_string();
-            step.cluster
-                .heal_links(&label)
-                .await
-                .map_err(|e| step.cluster_error(e))?;
+            step.heal_links().await?;
             let seen = self.probe().await;
             let (_, wrong) = self.judge(&seen, &BTreeSet::new());
             if !wrong.is_empty() {
