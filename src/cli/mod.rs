@@ -82,7 +82,7 @@ pub fn run(cli: Cli) -> u8 {
                 Ok(exit::PASS)
             }
             Command::GuardLinks { lease, table } => {
-                match crate::net::nft::guard(&lease, &table) {
+                match crate::net::nft::guard(&lease, &table).await {
                     Ok(done) => println!("{} {done}", crate::sys::utc_now()),
                     Err(e) => eprintln!("{} {e}", crate::sys::utc_now()),
                 }

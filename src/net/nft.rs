@@ -312,7 +312,7 @@ pub fn spawn_guardian(table: &str, lease: &Path, log: &Path) -> std::io::Result<
 
 /// The guardian itself (`faultline guard-links`): waits for the lease to
 /// be free, then deletes `table` if it exists. Returns what it did.
-pub fn guard(lease: &Path, table: &str) -> Result<String, String> {
+pub async fn guard(lease: &Path, table: &str) -> Result<String, String> {
     use nix::fcntl::{Flock, FlockArg};
     if !table.starts_with(TABLE_PREFIX) {
         return Err(format!("{table} is not a faultline table"));
@@ -321,26 +321,20 @@ pub fn guard(lease: &Path, table: &str) -> Result<String, String> {
         .write(true)
         .open(lease)
         .map_err(|e| format!("{}: {e}", lease.display()))?;
-    let _held = Flock::lock(file, FlockArg::LockExclusive)
+    // Blocks until the runner's lock dies with it; held while cleaning up.
+    let _held = tokio::task::spawn_blocking(move || Flock::lock(file, FlockArg::LockExclusive))
+        .await
+        .map_err(|e| format!("lock {}: {e}", lease.display()))?
         .map_err(|(_, e)| format!("lock {}: {e}", lease.display()))?;
     let nft = find_program("nft").ok_or("nft is not installed")?;
-    let listing = std::process::Command::new(&nft)
-        .args(["list", "tables"])
-        .output()
-        .map_err(|e| format!("nft list tables: {e}"))?;
-    if !table_names(&String::from_utf8_lossy(&listing.stdout)).any(|t| t == table) {
-        return Ok(format!("{table}: already gone"));
-    }
-    let status = std::process::Command::new(&nft)
-        .args(["delete", "table", "ip", table])
-        .status()
-        .map_err(|e| format!("nft delete table: {e}"))?;
-    match status.success() {
-        true => Ok(format!(
-            "{table}: deleted, its run had ended without healing"
-        )),
-        false => Err(format!("nft delete table ip {table}: {status}")),
-    }
+    let existed = NftTable::new(nft, table.to_string())
+        .delete()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(match existed {
+        true => format!("{table}: deleted, its run had ended without healing"),
+        false => format!("{table}: already gone"),
+    })
 }
 
 /// Packets the drop rules of a table listing counted (`counter packets N
